@@ -1,0 +1,57 @@
+"""Parsing and printing of durations ("30m", "1h30m" in; "1 h 30 min" out), in one place."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_PART = re.compile(r"(\d+)\s*(d|h|m|s)", re.IGNORECASE)
+_WHOLE = re.compile(r"^\s*(?:\d+\s*[dhms]\s*)+$", re.IGNORECASE)
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+class DurationError(ValueError):
+    """A duration that cannot be read; the message says what is accepted."""
+
+
+def parse_duration(text: str | int | timedelta) -> timedelta:
+    """Read "45s", "30m", "2h", "1d" or combinations like "1h30m"; a bare number is minutes."""
+    if isinstance(text, timedelta):
+        return text
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = timedelta(minutes=text)
+    else:
+        raw = str(text).strip()
+        if raw.isdigit():
+            value = timedelta(minutes=int(raw))
+        elif _WHOLE.match(raw):
+            seconds = sum(int(n) * _UNITS[u.lower()] for n, u in _PART.findall(raw))
+            value = timedelta(seconds=seconds)
+        else:
+            raise DurationError(f"{str(text)!r} is not a duration; write it like 30m, 1h or 1h30m")
+    if value <= timedelta(0):
+        raise DurationError("a duration must be longer than zero")
+    return value
+
+
+def format_duration(value: timedelta) -> str:
+    """Print for people: "45 s", "30 min", "1 h 15 min", "2 d 3 h"."""
+    seconds = int(value.total_seconds())
+    if seconds < 60:
+        return f"{seconds} s"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = []
+    if days:
+        parts.append(f"{days} d")
+    if hours:
+        parts.append(f"{hours} h")
+    if minutes:
+        parts.append(f"{minutes} min")
+    return " ".join(parts)
+
+
+def vault_ttl(value: timedelta) -> str:
+    """A TTL string Vault accepts: whole seconds."""
+    return f"{int(value.total_seconds())}s"

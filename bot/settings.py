@@ -1,0 +1,55 @@
+"""Settings from the environment (the contract in DESIGN.md); secrets stay SecretStr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str | None = None
+    vault_addr: str | None = None
+    vault_token: SecretStr | None = None
+    database_url: str = "sqlite:///breakglass.db"
+    breakglass_config: Path = Path("breakglass.yml")
+
+    @property
+    def socket_mode(self) -> bool:
+        return self.slack_app_token is not None
+
+    def slack_base_url(self) -> str | None:
+        if not self.slack_api_url:
+            return None
+        return self.slack_api_url.rstrip("/") + "/"
+
+    def problems(self, *, serving: bool = True) -> list[str]:
+        """What is missing in the environment for `breakglass serve`."""
+        out = []
+        if serving:
+            token = self.slack_bot_token.get_secret_value() if self.slack_bot_token else ""
+            if not token:
+                out.append("SLACK_BOT_TOKEN is not set (the bot token, xoxb-…)")
+            elif not token.startswith("xoxb-"):
+                out.append("SLACK_BOT_TOKEN does not look like a bot token (xoxb-…)")
+            if self.slack_app_token:
+                if not self.slack_app_token.get_secret_value().startswith("xapp-"):
+                    out.append("SLACK_APP_TOKEN does not look like an app-level token (xapp-…)")
+            elif not self.slack_signing_secret:
+                out.append(
+                    "SLACK_SIGNING_SECRET is not set (needed in HTTP mode; "
+                    "or set SLACK_APP_TOKEN for Socket Mode)"
+                )
+            if not self.vault_addr:
+                out.append("VAULT_ADDR is not set")
+        if self.slack_api_url and not self.slack_api_url.startswith(("http://", "https://")):
+            out.append(f"SLACK_API_URL {self.slack_api_url!r} is not an http(s) URL")
+        if self.vault_addr and not self.vault_addr.startswith(("http://", "https://")):
+            out.append(f"VAULT_ADDR {self.vault_addr!r} is not an http(s) URL")
+        return out

@@ -1,0 +1,73 @@
+"""Buttons: approve, deny, reveal, revoke now."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+
+from bot.service import BreakglassService
+from bot.slack import blocks
+from bot.slack.ids import ActionId
+from bot.workflow import Refused
+
+log = logging.getLogger(__name__)
+
+
+def _request_id(body: dict) -> int:
+    return int(body["actions"][0]["value"])
+
+
+def _refuse(respond: Respond, request_id: int, exc: Refused) -> None:
+    respond(
+        text=f"Request #{request_id}: {exc}.", response_type="ephemeral", replace_original=False
+    )
+
+
+def register(app: App, service: BreakglassService) -> None:
+    @app.action(ActionId.APPROVE)
+    def handle_approve_action(ack: Ack, body: dict, respond: Respond) -> None:
+        ack()
+        request_id = _request_id(body)
+        try:
+            service.approve(request_id, body["user"]["id"])
+        except Refused as exc:
+            _refuse(respond, request_id, exc)
+
+    @app.action(ActionId.DENY)
+    def handle_deny_action(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
+        ack()
+        request_id = _request_id(body)
+        try:
+            service.check_can_decide(request_id, body["user"]["id"])
+        except Refused as exc:
+            _refuse(respond, request_id, exc)
+            return
+        client.views_open(trigger_id=body["trigger_id"], view=blocks.deny_modal(request_id))
+
+    @app.action(ActionId.REVEAL)
+    def handle_reveal_action(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
+        ack()
+        request_id = _request_id(body)
+        token = blocks.wrapped_token_from(body.get("message") or {})
+        try:
+            if token is None:
+                raise Refused("this message no longer holds a credential")
+            payload = service.reveal(request_id, body["user"]["id"], token)
+        except Refused as exc:
+            _refuse(respond, request_id, exc)
+            return
+        client.views_open(
+            trigger_id=body["trigger_id"],
+            view=blocks.reveal_modal(service.card(request_id), payload),
+        )
+
+    @app.action(ActionId.REVOKE)
+    def handle_revoke_action(ack: Ack, body: dict, respond: Respond) -> None:
+        ack()
+        request_id = _request_id(body)
+        try:
+            service.revoke(request_id, body["user"]["id"])
+        except Refused as exc:
+            _refuse(respond, request_id, exc)

@@ -1,0 +1,43 @@
+"""The /breakglass slash command: open the request modal, help, revoke."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+
+from bot.service import BreakglassService
+from bot.slack import blocks
+from bot.workflow import Refused
+
+log = logging.getLogger(__name__)
+
+
+def register(app: App, service: BreakglassService) -> None:
+    @app.command("/breakglass")
+    def handle_breakglass_command(
+        ack: Ack, command: dict, client: WebClient, respond: Respond
+    ) -> None:
+        words = (command.get("text") or "").split()
+        verb = words[0].lower() if words else ""
+        if verb == "":
+            ack()  # first: the trigger id lives 3 s
+            client.views_open(
+                trigger_id=command["trigger_id"], view=blocks.request_modal(service.policy)
+            )
+        elif verb == "revoke":
+            if len(words) != 2 or not words[1].lstrip("#").isdigit():
+                ack("Usage: `/breakglass revoke <request id>`, e.g. `/breakglass revoke 12`.")
+                return
+            ack()
+            request_id = int(words[1].lstrip("#"))
+            try:
+                service.revoke(request_id, command["user_id"])
+                respond(text=f"Access #{request_id} revoked.", response_type="ephemeral")
+            except Refused as exc:
+                respond(text=f"Cannot revoke #{request_id}: {exc}.", response_type="ephemeral")
+        elif verb == "help":
+            ack(blocks.help_text(service.policy))
+        else:
+            ack(f"I don't know `{blocks.escape(verb)}`.\n\n" + blocks.help_text(service.policy))

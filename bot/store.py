@@ -1,0 +1,180 @@
+"""SQLModel tables and the database engine; the schema itself comes from Alembic migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlmodel import Field, Session, SQLModel
+
+# Set before the first model so every constraint gets a stable name in migrations.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timezone-aware UTC in, timezone-aware UTC out, also on SQLite (which keeps no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable)
+
+
+class AccessRequest(SQLModel, table=True):
+    __tablename__ = "access_request"
+
+    id: int | None = Field(default=None, primary_key=True)
+    requester: str = Field(max_length=32, index=True)
+    resource: str = Field(max_length=128, index=True)
+    duration_seconds: int
+    justification: str = Field(sa_type=sa.Text)
+    ticket: str | None = Field(default=None, max_length=200)
+    emergency: bool = False
+    review_required: bool = False
+    state: str = Field(max_length=16, index=True)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    decided_at: datetime | None = _ts()
+    timeout_at: datetime | None = _ts()
+    # The audit thread in the security channel: parent message's channel and ts.
+    channel: str | None = Field(default=None, max_length=32)
+    thread_ts: str | None = Field(default=None, max_length=32)
+
+
+class Decision(SQLModel, table=True):
+    __tablename__ = "decision"
+    __table_args__ = (sa.UniqueConstraint("request_id", "approver", name="uq_decision_once"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="access_request.id", index=True)
+    approver: str = Field(max_length=32)
+    outcome: str = Field(max_length=16)  # approve | deny
+    reason: str | None = Field(default=None, sa_type=sa.Text)
+    decided_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class Grant(SQLModel, table=True):
+    """What was issued for a request. Never the secret, never a live token: only accessors."""
+
+    __tablename__ = "access_grant"
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="access_request.id", unique=True)
+    provider: str = Field(max_length=64)
+    identity: str = Field(max_length=200)
+    token_accessor: str = Field(max_length=128)
+    lease_id: str | None = Field(default=None, max_length=300)
+    wrap_accessor: str | None = Field(default=None, max_length=128)
+    wrap_expires_at: datetime | None = _ts()
+    revealed_at: datetime | None = _ts()
+    issued_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    ended_at: datetime | None = _ts()
+    ended_by: str | None = Field(default=None, max_length=32)
+    end_reason: str | None = Field(default=None, max_length=32)  # expired | revoked
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only, hash-chained. `hash` covers every other column and the previous hash."""
+
+    __tablename__ = "audit_event"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    actor: str = Field(max_length=64)
+    action: str = Field(max_length=32)
+    request_id: int | None = Field(default=None, index=True)
+    details: str = Field(sa_type=sa.Text)  # canonical JSON, redacted
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditHead(SQLModel, table=True):
+    """One row: the chain's last sequence and hash. Updating it first serializes writers."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    hash: str = Field(max_length=64)
+
+
+class Review(SQLModel, table=True):
+    __tablename__ = "review"
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="access_request.id", index=True)
+    reviewer: str = Field(max_length=32)
+    outcome: str = Field(max_length=32)
+    notes: str | None = Field(default=None, sa_type=sa.Text)
+    reviewed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+def create_db_engine(url: str) -> sa.Engine:
+    """An engine for `url`; SQLite gets a busy timeout and foreign keys on."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+class Store:
+    """The engine and one way to open a unit of work."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        # SQLite allows one writer; serialize our writers instead of failing on "locked".
+        self._write_lock = (
+            threading.RLock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work commits together, or not at all."""
+        with self._write_lock, Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session

@@ -1,0 +1,44 @@
+"""Credential providers, one module per backend, chosen by name in the policy file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from providers.base import GrantSpec, IssuedCredential, Provider, ProviderError, WrapTokenInvalid
+from providers.vault import VaultBackend
+from providers.vault_database import VaultDatabaseProvider
+
+PROVIDERS: dict[str, type] = {
+    VaultDatabaseProvider.name: VaultDatabaseProvider,
+}
+
+__all__ = [
+    "PROVIDERS",
+    "GrantSpec",
+    "IssuedCredential",
+    "Provider",
+    "ProviderError",
+    "VaultBackend",
+    "WrapTokenInvalid",
+    "make_provider",
+    "options_problems",
+]
+
+
+def options_problems(provider: str, options: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """Problems with a resource's `options` for `provider`, as (key path, message)."""
+    try:
+        PROVIDERS[provider].Options.model_validate(options)
+    except ValidationError as exc:
+        out = []
+        for err in exc.errors():
+            msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+            out.append((tuple(err["loc"]), msg))
+        return out
+    return []
+
+
+def make_provider(name: str, backend: VaultBackend, options: dict[str, Any]) -> Provider:
+    return PROVIDERS[name](backend, options)

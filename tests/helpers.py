@@ -1,0 +1,92 @@
+"""Steps of the Slack conversation, as a person does them, for the tests."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+from sqlmodel import select
+
+from bot.sandbox.slack_fake import FakeSlack, Message, request_values
+from bot.sandbox.stack import REQUESTER, SECURITY_CHANNEL, Bot
+from bot.slack.ids import ActionId
+from bot.store import AccessRequest
+
+JUSTIFICATION = "Checkout is down: orders table locked, need to kill the blocking session."
+
+
+def open_modal(bot: Bot, slack: FakeSlack, user: str = REQUESTER) -> dict:
+    r = bot.driver.command(user)
+    assert r.status_code == 200, r.text
+    return slack.views_opened()[-1]
+
+
+def request_access(
+    bot: Bot,
+    slack: FakeSlack,
+    *,
+    resource: str = "prod-db",
+    duration: str = "30m",
+    justification: str = JUSTIFICATION,
+    ticket: str | None = "INC-4711",
+    emergency: bool = False,
+    user: str = REQUESTER,
+) -> Message:
+    """Type /breakglass, fill in the modal, submit; return the parent message it made."""
+    view = open_modal(bot, slack, user)
+    before = len(slack.channel_messages(SECURITY_CHANNEL))
+    r = bot.driver.submit_view(
+        user, view, request_values(resource, duration, justification, ticket, emergency)
+    )
+    assert r.status_code == 200, r.text
+    assert r.text == "", f"the modal was refused: {r.text}"
+    new = [m for m in slack.channel_messages(SECURITY_CHANNEL)[before:] if m.thread_ts is None]
+    assert len(new) == 1
+    # As first posted: a person may still click a button of this stale copy.
+    return copy.deepcopy(new[0])
+
+
+def current(slack: FakeSlack, parent: Message) -> Message:
+    """The parent message as it is now (after chat.update)."""
+    return next(m for m in slack.channel_messages(parent.channel) if m.ts == parent.ts)
+
+
+def thread_texts(slack: FakeSlack, parent: Message) -> list[str]:
+    return [m.text for m in slack.thread(parent.channel, parent.ts)]
+
+
+def click(bot: Bot, user: str, message: Message, action: ActionId) -> None:
+    r = bot.driver.click(user, message, action)
+    assert r.status_code == 200, r.text
+
+
+def credential_dm(slack: FakeSlack, user: str = REQUESTER) -> Message:
+    return next(
+        m
+        for m in reversed(slack.dms(user))
+        if any(b.get("block_id") == "breakglass.credential.token" for b in m.blocks)
+    )
+
+
+def reveal(bot: Bot, slack: FakeSlack, user: str = REQUESTER) -> tuple[str, str]:
+    """Click Reveal; read the username and password from the modal the bot opened."""
+    opened = len(slack.views_opened())
+    click(bot, user, credential_dm(slack, REQUESTER), ActionId.REVEAL)
+    views = slack.views_opened()
+    assert len(views) == opened + 1, f"no reveal modal; ephemerals: {slack.ephemerals()}"
+    code = next(
+        b["text"]["text"]
+        for b in views[-1]["blocks"]
+        if b.get("type") == "section" and "```" in b["text"]["text"]
+    )
+    fields = dict(line.split(": ", 1) for line in code.strip("`").splitlines() if ": " in line)
+    return fields["username"], fields["password"]
+
+
+def request_row(bot: Bot, request_id: int) -> AccessRequest:
+    with bot.runtime.store.read() as s:
+        return s.exec(select(AccessRequest).where(AccessRequest.id == request_id)).one()
+
+
+def request_id_of(parent: Message) -> int:
+    return int(re.search(r"#(\d+)", parent.text).group(1))

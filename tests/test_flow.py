@@ -1,0 +1,440 @@
+"""Tier 3: the whole bot over HTTP, signed requests in, the Slack fake recording what went out,
+a real OpenBao and a real PostgreSQL behind it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import select
+
+from bot.sandbox.slack_fake import request_values
+from bot.sandbox.stack import APPROVER, APPROVER_2, OUTSIDER, REQUESTER, SECURITY_CHANNEL
+from bot.slack.ids import ActionId, BlockId, ViewId
+from bot.store import AccessRequest, AuditEvent, Grant
+from bot.workflow import State
+from tests.helpers import (
+    click,
+    credential_dm,
+    current,
+    open_modal,
+    request_access,
+    request_id_of,
+    request_row,
+    reveal,
+    thread_texts,
+)
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+
+def count_rows(bot, model) -> int:
+    with bot.runtime.store.read() as s:
+        return len(s.exec(select(model)).all())
+
+
+# ---- 1. the slash command and the modal -------------------------------------------------
+
+
+def test_command_opens_modal_with_policy_resources(bot, slack):
+    view = open_modal(bot, slack)
+    assert view["callback_id"] == ViewId.REQUEST
+    select_block = next(b for b in view["blocks"] if b["block_id"] == BlockId.RESOURCE)
+    options = [o["value"] for o in select_block["element"]["options"]]
+    assert options == ["prod-db", "prod-db-two-keys"]
+    block_ids = {b["block_id"] for b in view["blocks"]}
+    assert {BlockId.DURATION, BlockId.JUSTIFICATION, BlockId.TICKET, BlockId.EMERGENCY} <= block_ids
+
+
+def test_help_is_ephemeral_in_the_response(bot, slack):
+    r = bot.driver.command(REQUESTER, "help")
+    assert r.status_code == 200
+    assert "/breakglass revoke" in r.text and "prod-db" in r.text
+    assert slack.calls_to("chat.postMessage") == []
+    assert slack.calls_to("views.open") == []
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "words"),
+    [
+        (("prod-db", "30m", "", None, False), BlockId.JUSTIFICATION, "Say why"),
+        (("prod-db", "30m", "it broke", None, False), BlockId.JUSTIFICATION, "at least"),
+        (("prod-db", "2h", "x" * 40, None, False), BlockId.DURATION, "at most 1 h"),
+        (("prod-db", "soon", "x" * 40, None, False), BlockId.DURATION, "not a duration"),
+        (("no-such-db", "30m", "x" * 40, None, False), BlockId.RESOURCE, "Unknown resource"),
+        (("prod-db-two-keys", "10m", "x" * 40, None, True), BlockId.EMERGENCY, "not allowed"),
+    ],
+)
+def test_invalid_input_gets_inline_errors_and_records_nothing(bot, slack, values, field, words):
+    view = open_modal(bot, slack)
+    r = bot.driver.submit_view(REQUESTER, view, request_values(*values))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["response_action"] == "errors"
+    assert words in body["errors"][field]
+    assert count_rows(bot, AccessRequest) == 0
+    assert count_rows(bot, AuditEvent) == 0
+    assert slack.calls_to("chat.postMessage") == []
+
+
+# ---- 2. submitting --------------------------------------------------------------------------
+
+
+def test_submit_records_request_and_posts_card_with_buttons(bot, slack):
+    parent = request_access(bot, slack, ticket="INC-4711")
+    rid = request_id_of(parent)
+    row = request_row(bot, rid)
+    assert row.state == State.PENDING and row.requester == REQUESTER
+    assert row.duration_seconds == 1800 and row.ticket == "INC-4711"
+    assert (row.channel, row.thread_ts) == (SECURITY_CHANNEL, parent.ts)
+    card = str(parent.blocks)
+    for expected in (
+        f"<@{REQUESTER}>",
+        "prod-db",
+        "30 min",
+        "INC-4711",
+        "orders table",
+        f"<@{APPROVER}>",
+        f"<@{APPROVER_2}>",
+    ):
+        assert expected in card
+    buttons = [
+        e["action_id"] for b in parent.blocks if b["type"] == "actions" for e in b["elements"]
+    ]
+    assert buttons == [ActionId.APPROVE, ActionId.DENY]
+    approve = next(e for b in parent.blocks if b["type"] == "actions" for e in b["elements"])
+    assert "confirm" in approve, "Approve must ask for confirmation"
+    pending = [m.text for m in slack.dms(REQUESTER)]
+    assert any("waiting for approval" in t for t in pending)
+
+
+def test_justification_cannot_ping_the_channel(bot, slack):
+    parent = request_access(bot, slack, justification="<!channel> please <@U0BOB> it is down!!")
+    assert "<!channel>" not in str(parent.blocks)
+    assert "&lt;!channel&gt;" in str(parent.blocks)
+
+
+# ---- 3. approve and deny ----------------------------------------------------------------------
+
+
+def test_requester_cannot_approve_own_request(bot, slack):
+    parent = request_access(bot, slack)
+    click(bot, REQUESTER, parent, ActionId.APPROVE)
+    assert request_row(bot, request_id_of(parent)).state == State.PENDING
+    assert any("own request" in t for t in slack.ephemerals(REQUESTER))
+    assert count_rows(bot, Grant) == 0
+
+
+def test_outsider_cannot_approve(bot, slack):
+    parent = request_access(bot, slack)
+    click(bot, OUTSIDER, parent, ActionId.APPROVE)
+    assert request_row(bot, request_id_of(parent)).state == State.PENDING
+    assert any("not an approver" in t for t in slack.ephemerals(OUTSIDER))
+
+
+def test_double_click_issues_one_credential(bot, slack, backends):
+    parent = request_access(bot, slack)
+    results = []
+
+    def press() -> None:
+        results.append(bot.driver.click(APPROVER, parent, ActionId.APPROVE).status_code)
+
+    threads = [threading.Thread(target=press) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 4
+    rid = request_id_of(parent)
+    assert request_row(bot, rid).state == State.ACTIVE
+    assert count_rows(bot, Grant) == 1
+    assert len([m for m in slack.dms(REQUESTER) if m.blocks]) == 1, "one credential message"
+    assert len(slack.ephemerals(APPROVER)) == 3, "the other clicks are told why nothing happened"
+    # Vault holds exactly one token for this request.
+    with bot.runtime.store.read() as s:
+        grant = s.exec(select(Grant)).one()
+    meta = backends.bao.client().auth.token.lookup_accessor(grant.token_accessor)["data"]["meta"]
+    assert meta["breakglass_request"] == str(rid)
+
+
+def test_click_on_finished_request_changes_nothing(bot, slack):
+    parent = request_access(bot, slack)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    events = count_rows(bot, AuditEvent)
+    click(bot, APPROVER_2, parent, ActionId.APPROVE)
+    click(bot, APPROVER_2, parent, ActionId.DENY)
+    assert count_rows(bot, AuditEvent) == events
+    assert count_rows(bot, Grant) == 1
+    told = slack.ephemerals(APPROVER_2)
+    assert len(told) == 2 and all("already active" in t for t in told)
+    assert slack.calls_to("views.open")[-1].args["view"]["callback_id"] == ViewId.REQUEST
+
+
+def test_deny_asks_for_reason_and_tells_requester(bot, slack):
+    parent = request_access(bot, slack)
+    click(bot, APPROVER, parent, ActionId.DENY)
+    deny_view = slack.views_opened()[-1]
+    assert deny_view["callback_id"] == ViewId.DENY
+    from bot.sandbox.slack_fake import deny_values
+
+    empty = bot.driver.submit_view(APPROVER, deny_view, deny_values("  "))
+    assert empty.json()["response_action"] == "errors"
+    assert request_row(bot, request_id_of(parent)).state == State.PENDING
+    r = bot.driver.submit_view(APPROVER, deny_view, deny_values("Use the read replica."))
+    assert r.status_code == 200 and r.text == ""
+    assert request_row(bot, request_id_of(parent)).state == State.DENIED
+    assert any("denied" in m.text for m in slack.dms(REQUESTER))
+    assert "Use the read replica." in str(current(slack, parent).blocks)
+    assert not any(b["type"] == "actions" for b in current(slack, parent).blocks)
+    assert count_rows(bot, Grant) == 0
+
+
+def test_two_approvals_need_two_distinct_approvers(bot, slack):
+    parent = request_access(bot, slack, resource="prod-db-two-keys", duration="10m")
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    assert request_row(bot, rid).state == State.PENDING
+    assert "1 of 2 approvals" in str(current(slack, parent).blocks)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    assert request_row(bot, rid).state == State.PENDING
+    assert any("already" in t for t in slack.ephemerals(APPROVER))
+    click(bot, APPROVER_2, parent, ActionId.APPROVE)
+    assert request_row(bot, rid).state == State.ACTIVE
+
+
+# ---- 4. emergency ----------------------------------------------------------------------------
+
+
+def test_emergency_grants_at_once_loudly_and_needs_review(bot, slack, backends):
+    parent = request_access(bot, slack, emergency=True)
+    rid = request_id_of(parent)
+    row = request_row(bot, rid)
+    assert row.state == State.ACTIVE and row.emergency and row.review_required
+    card = str(current(slack, parent).blocks)
+    assert "EMERGENCY" in card and "review required" in card
+    alerts = [c.args for c in slack.calls_to("chat.postMessage") if c.args.get("reply_broadcast")]
+    assert alerts and "<!here>" in alerts[0]["text"]
+    user, password = reveal(bot, slack)
+    assert backends.pg.can_login(user, password)
+
+
+# ---- 5. issue through Vault --------------------------------------------------------------------
+
+
+def test_issued_credential_works_with_lease_ttl_equal_to_grant(bot, slack, backends):
+    parent = request_access(bot, slack, duration="20m")
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    assert backends.pg.can_login(user, password)
+    with bot.runtime.store.read() as s:
+        grant = s.exec(select(Grant)).one()
+    assert grant.identity == user
+    assert grant.expires_at - grant.issued_at == timedelta(minutes=20)
+    root = backends.bao.client()
+    token = root.auth.token.lookup_accessor(grant.token_accessor)["data"]
+    assert 20 * 60 - 30 <= token["ttl"] <= 20 * 60
+    assert token["explicit_max_ttl"] == 20 * 60
+    lease = root.sys.read_lease(grant.lease_id)["data"]
+    assert 20 * 60 - 30 <= lease["ttl"] <= 20 * 60, "Vault ends the lease by itself on time"
+
+
+def test_reveal_is_single_use_and_only_for_requester(bot, slack):
+    parent = request_access(bot, slack)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    dm = credential_dm(slack)
+    click(bot, APPROVER, dm, ActionId.REVEAL)
+    assert any("only the requester" in t for t in slack.ephemerals(APPROVER))
+    reveal(bot, slack)
+    opened = len(slack.views_opened())
+    click(bot, REQUESTER, dm, ActionId.REVEAL)
+    assert len(slack.views_opened()) == opened
+    assert any("already revealed" in t for t in slack.ephemerals(REQUESTER))
+
+
+def test_unwrapped_by_someone_else_is_a_tamper_alert_and_revokes(bot, slack, backends):
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    from bot.slack.blocks import wrapped_token_from
+
+    token = wrapped_token_from({"blocks": credential_dm(slack).blocks})
+    stolen = backends.bao.client(token).sys.unwrap()["data"]
+    assert backends.pg.can_login(stolen["username"], stolen["password"])
+    click(bot, REQUESTER, credential_dm(slack), ActionId.REVEAL)
+    assert any("already been unwrapped" in t for t in slack.ephemerals(REQUESTER))
+    assert any("Tamper alert" in t for t in thread_texts(slack, parent))
+    assert request_row(bot, rid).state == State.REVOKED
+    assert not backends.pg.can_login(stolen["username"], stolen["password"])
+
+
+def test_secret_never_reaches_channels_logs_or_database(bot, slack, all_logs):
+    parent = request_access(bot, slack)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    from bot.slack.blocks import wrapped_token_from
+
+    wrapping_token = wrapped_token_from({"blocks": credential_dm(slack).blocks})
+    user, password = reveal(bot, slack)
+    click(bot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+
+    # Slack: the password went out once, in the reveal modal to the requester; never in a message.
+    for call in slack.calls:
+        if password in call.dump():
+            assert (
+                call.method == "views.open" and "Credential" in call.args["view"]["title"]["text"]
+            )
+    messages = [
+        c for c in slack.calls if c.method.startswith("chat.") or c.method == "response_url"
+    ]
+    assert messages and not any(password in c.dump() for c in messages)
+    # The wrapping token is only in the requester's own DM.
+    for call in messages:
+        if wrapping_token in call.dump():
+            assert call.args["channel"] == REQUESTER
+    # Logs: at DEBUG, every logger.
+    logged = "\n".join(r.getMessage() + str(r.args) for r in all_logs.records)
+    assert all_logs.records, "logging was captured"
+    assert password not in logged and wrapping_token not in logged
+    # Database: every column of every table.
+    with bot.runtime.store.engine.connect() as c:
+        for table in ("access_request", "decision", "access_grant", "audit_event", "review"):
+            dump = str(c.execute(text(f"SELECT * FROM {table}")).fetchall())  # noqa: S608
+            assert password not in dump and wrapping_token not in dump, table
+    assert user in str(
+        bot.runtime.store.engine.connect()
+        .execute(text("SELECT identity FROM access_grant"))
+        .fetchall()
+    ), "the identity is recorded"
+
+
+# ---- 6. revocation -------------------------------------------------------------------------------
+
+
+def test_expiry_revokes_on_time_through_the_timer(bot, slack, backends, clock):
+    parent = request_access(bot, slack, duration="15m")
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    with bot.runtime.store.read() as s:
+        grant = s.exec(select(Grant)).one()
+    job = bot.runtime.scheduler.scheduler.get_job(f"expire:{rid}")
+    assert job is not None and job.next_run_time == grant.expires_at
+    assert job.misfire_grace_time is None
+    # Before its time the timer does nothing.
+    job.func(*job.args)
+    assert request_row(bot, rid).state == State.ACTIVE
+    clock.advance(timedelta(minutes=15))
+    job.func(*job.args)
+    assert request_row(bot, rid).state == State.EXPIRED
+    assert not backends.pg.can_login(user, password)
+    assert bot.runtime.scheduler.scheduler.get_job(f"expire:{rid}") is None
+    assert any("expired" in m.text for m in slack.dms(REQUESTER))
+
+
+def test_sweep_after_restart_ends_overdue_grants(
+    bot, slack, backends, clock, database_url, tmp_path
+):
+    parent = request_access(bot, slack, duration="5m")
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    bot.stop()  # the bot goes down while the grant is active...
+    clock.advance(timedelta(minutes=6))
+    from bot.sandbox.stack import start_bot
+
+    again = start_bot(backends, slack, database_url, clock=clock, workdir=tmp_path)
+    try:  # ...and the new process ends it at start
+        assert request_row(again, rid).state == State.EXPIRED
+        assert not backends.pg.can_login(user, password)
+    finally:
+        again.stop()
+
+
+def test_revoke_now_button(bot, slack, backends):
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    click(bot, OUTSIDER, credential_dm(slack), ActionId.REVOKE)
+    assert request_row(bot, rid).state == State.ACTIVE
+    assert backends.pg.can_login(user, password)
+    click(bot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    assert request_row(bot, rid).state == State.REVOKED
+    assert not backends.pg.can_login(user, password)
+    with bot.runtime.store.read() as s:
+        grant = s.exec(select(Grant)).one()
+    assert grant.ended_by == REQUESTER and grant.end_reason == "revoked"
+
+
+def test_revoke_command_by_approver(bot, slack, backends):
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    r = bot.driver.command(APPROVER_2, f"revoke {rid}")
+    assert r.status_code == 200
+    assert request_row(bot, rid).state == State.REVOKED
+    assert not backends.pg.can_login(user, password)
+    assert any(f"#{rid} revoked" in t for t in slack.ephemerals(APPROVER_2))
+    bad = bot.driver.command(APPROVER_2, "revoke everything")
+    assert "Usage" in bad.text
+
+
+# ---- 7. audit ------------------------------------------------------------------------------------
+
+
+def test_every_transition_is_one_audit_event_and_one_thread_reply(bot, slack):
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    reveal(bot, slack)
+    click(bot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    with bot.runtime.store.read() as s:
+        actions = [
+            e.action
+            for e in s.exec(
+                select(AuditEvent).where(AuditEvent.request_id == rid).order_by(AuditEvent.seq)
+            )
+        ]
+    assert actions == ["requested", "approved", "issued", "revealed", "revoked"]
+    replies = thread_texts(slack, parent)
+    assert len(replies) == len(actions)
+    assert "asked for" in replies[0] and "Approved by" in replies[1]
+    assert "Issued" in replies[2] and "revealed" in replies[3] and "Revoked" in replies[4]
+    final = current(slack, parent)
+    assert final.edits == 4 and "Ended (revoked)" in str(final.blocks)
+
+
+def test_audit_verify_detects_an_edited_row(bot, slack, monkeypatch, capsys, database_url):
+    parent = request_access(bot, slack)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    from bot.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert main(["audit", "verify"]) == 0
+    assert "intact: 3 events" in capsys.readouterr().out
+    with bot.runtime.store.engine.begin() as c:
+        c.execute(text("UPDATE audit_event SET actor = 'U0SOMEONE' WHERE seq = 2"))
+    assert main(["audit", "verify"]) == 1
+    assert "broken at event 2" in capsys.readouterr().err
+
+
+# ---- 8. the HTTP surface -----------------------------------------------------------------------
+
+
+def test_bad_signature_and_stale_timestamp_get_401(bot, slack):
+    assert bot.driver.command(REQUESTER, signature="v0=" + "0" * 64).status_code == 401
+    stale = int(time.time()) - 600
+    assert bot.driver.command(REQUESTER, timestamp=stale).status_code == 401
+    assert slack.calls_to("views.open") == []
+    assert count_rows(bot, AccessRequest) == 0
+
+
+def test_healthz(bot):
+    import requests
+
+    r = requests.get(f"{bot.server.url}/healthz", timeout=5)
+    assert r.status_code == 200
+    assert r.json() == {"ok": True, "database": "ok", "scheduler": "running"}

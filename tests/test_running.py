@@ -1,0 +1,209 @@
+"""Running it: check-config, migrations, the manifest, `breakglass serve` and `breakglass demo`
+as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import requests
+import yaml
+
+from bot import migrate
+from bot.cli import main
+from bot.sandbox.openbao import free_port
+from bot.sandbox.slack_fake import SlackDriver
+from bot.sandbox.stack import POLICY, REQUESTER
+from bot.store import create_db_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT.parent / "shared" / "slack" / "manifest.schema.1.0.0.json"
+BREAKGLASS = str(Path(sys.executable).parent / "breakglass")
+
+
+# ---- check-config ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    for name in (
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "SLACK_APP_TOKEN",
+        "SLACK_API_URL",
+        "VAULT_ADDR",
+        "VAULT_TOKEN",
+        "DATABASE_URL",
+        "BREAKGLASS_CONFIG",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "s3cr3t")
+    monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:8200")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'bg.db'}")
+    policy = tmp_path / "breakglass.yml"
+    policy.write_text(POLICY)
+    monkeypatch.setenv("BREAKGLASS_CONFIG", str(policy))
+    return policy
+
+
+def test_check_config_ok(env, capsys):
+    assert main(["check-config"]) == 0
+    assert "OK, 2 resource(s)" in capsys.readouterr().out
+
+
+def test_check_config_names_every_problem_with_its_line(env, capsys, monkeypatch):
+    broken = POLICY.replace("max_duration: 1h", "max_duration: forever").replace(
+        "approvers: [sre-leads]", "approvers: [sre-leadz]"
+    )
+    env.write_text(broken)
+    monkeypatch.delenv("SLACK_SIGNING_SECRET")
+    assert main(["check-config"]) == 1
+    err = capsys.readouterr().err
+    lines = broken.splitlines()
+    bad_duration = next(i for i, ln in enumerate(lines, 1) if "forever" in ln)
+    bad_group = next(i for i, ln in enumerate(lines, 1) if "sre-leadz" in ln)
+    assert f"{env}:{bad_duration}: resources.prod-db.max_duration:" in err
+    assert f"{env}:{bad_group}: resources.prod-db-two-keys.approvers.0: no approver group" in err
+    assert "SLACK_SIGNING_SECRET is not set" in err
+    assert "Traceback" not in err
+
+
+def test_check_config_missing_file(env, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("BREAKGLASS_CONFIG", str(tmp_path / "nope.yml"))
+    assert main(["check-config"]) == 1
+    assert "cannot read the policy file" in capsys.readouterr().err
+
+
+# ---- migrations ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_migrations_match_the_models(database_url):
+    engine = create_db_engine(database_url)
+    assert migrate.pending(engine) == ["0001"]
+    migrate.upgrade(engine)
+    assert migrate.pending(engine) == []
+    assert migrate.schema_drift(engine) == []
+
+
+# ---- the manifest --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not SCHEMA.exists(), reason=f"Slack's manifest schema not found at {SCHEMA}")
+def test_manifest_is_valid_and_asks_only_for_what_the_bot_uses():
+    schema = json.loads(SCHEMA.read_text())
+    manifest = yaml.safe_load((ROOT / "manifest.yml").read_text())
+    jsonschema.validate(manifest, schema)
+    assert manifest["oauth_config"]["scopes"]["bot"] == ["commands", "chat:write"]
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/breakglass"]
+    assert manifest["settings"]["interactivity"]["is_enabled"] is True
+    assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/events")
+    broken = dict(manifest, display_information={})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+# ---- breakglass serve, as a process ---------------------------------------------------------
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 30) -> requests.Response:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
+        try:
+            return requests.get(url, timeout=1)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError("breakglass serve did not answer /healthz in time")
+
+
+def test_serve_answers_signed_requests_over_http(backends, slack, tmp_path):
+    policy = tmp_path / "breakglass.yml"
+    policy.write_text(POLICY)
+    db = tmp_path / "serve.db"
+    port = free_port()
+    env = {
+        **os.environ,
+        "SLACK_BOT_TOKEN": "xoxb-serve-test",
+        "SLACK_SIGNING_SECRET": "serve-secret",
+        "SLACK_API_URL": slack.api_url,
+        "VAULT_ADDR": backends.bao.addr,
+        "VAULT_TOKEN": backends.bot_token,
+        "DATABASE_URL": f"sqlite:///{db}",
+        "BREAKGLASS_CONFIG": str(policy),
+    }
+    env.pop("SLACK_APP_TOKEN", None)
+    proc = subprocess.Popen(
+        [BREAKGLASS, "serve", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        health = _wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        assert health.status_code == 200 and health.json()["scheduler"] == "running"
+        driver = SlackDriver(f"http://127.0.0.1:{port}", "serve-secret", slack)
+        assert "/breakglass revoke" in driver.command(REQUESTER, "help").text
+        assert driver.command(REQUESTER, "help", signature="v0=bad").status_code == 401
+        assert driver.command(REQUESTER).status_code == 200
+        deadline = time.monotonic() + 10  # the modal opens after the ack
+        while not slack.views_opened() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slack.views_opened()[0]["callback_id"] == "breakglass.request.submit"
+        assert migrate.pending(create_db_engine(f"sqlite:///{db}")) == [], "migrated at start"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_serve_refuses_to_start_without_configuration(tmp_path):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLACK_", "VAULT_", "DATABASE_URL", "BREAKGLASS_"))
+    }
+    r = subprocess.run(
+        [BREAKGLASS, "serve"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 1
+    assert "SLACK_BOT_TOKEN is not set" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_no_migrate_refuses_an_unmigrated_database(env, capsys):
+    assert main(["serve", "--no-migrate"]) == 1
+    assert "breakglass migrate" in capsys.readouterr().err
+
+
+# ---- breakglass demo ------------------------------------------------------------------------
+
+
+def test_demo_plays_the_whole_flow_and_cleans_up(tmp_path):
+    r = subprocess.run(
+        [BREAKGLASS, "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "Login to PostgreSQL as v-" in out and ": succeeded" in out
+    assert "after revocation: refused" in out
+    assert "#security" in out and "Approved by @bob" in out and "Revoked by @alice" in out
+    assert "audit chain intact" in out
+    assert list(tmp_path.iterdir()) == [], "the demo leaves nothing behind in the working dir"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci in (ROOT / "README.md").read_text()
+
+
+def test_example_policy_loads():
+    from bot.policy import load_policy
+
+    policy = load_policy(ROOT / "breakglass.example.yml")
+    assert policy.resources["prod-db"].emergency is True
