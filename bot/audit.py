@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import update
@@ -80,6 +80,7 @@ def append(
     Bumping the head row first takes its write lock, so concurrent writers (threads or
     replicas) line up and every event links to exactly one predecessor.
     """
+    at = at.astimezone(UTC)  # hashed exactly as the store keeps it
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
     head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
     session.refresh(head)

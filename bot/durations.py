@@ -8,6 +8,8 @@ from datetime import timedelta
 _PART = re.compile(r"(\d+)\s*(d|h|m|s)", re.IGNORECASE)
 _WHOLE = re.compile(r"^\s*(?:\d+\s*[dhms]\s*)+$", re.IGNORECASE)
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# No break-glass grant lasts a year; larger numbers are typos (and overflow timedelta).
+LONGEST = timedelta(days=366)
 
 
 class DurationError(ValueError):
@@ -19,16 +21,18 @@ def parse_duration(text: str | int | timedelta) -> timedelta:
     if isinstance(text, timedelta):
         return text
     if isinstance(text, int) and not isinstance(text, bool):
-        value = timedelta(minutes=text)
+        seconds = text * 60
     else:
         raw = str(text).strip()
         if raw.isdigit():
-            value = timedelta(minutes=int(raw))
+            seconds = int(raw) * 60
         elif _WHOLE.match(raw):
             seconds = sum(int(n) * _UNITS[u.lower()] for n, u in _PART.findall(raw))
-            value = timedelta(seconds=seconds)
         else:
             raise DurationError(f"{str(text)!r} is not a duration; write it like 30m, 1h or 1h30m")
+    if seconds > LONGEST.total_seconds():
+        raise DurationError(f"{str(text)!r} is longer than {LONGEST.days} days")
+    value = timedelta(seconds=seconds)
     if value <= timedelta(0):
         raise DurationError("a duration must be longer than zero")
     return value

@@ -131,16 +131,28 @@ def parse_policy(text: str, file: str | None = None) -> Policy:
             message = "unknown key (check the spelling)"
         return Problem(_dotted(loc), message, _nearest_line(lines, loc), file)
 
-    # Each resource on its own, so one broken resource does not hide the others' problems.
+    # Each resource on its own, so one broken resource does not hide the others' problems;
+    # what did validate is still cross-checked, so every problem is reported in one run.
     problems: list[Problem] = []
     raw_resources = data.get("resources")
     good: dict[str, Resource] = {}
+    partial: dict[str, Resource] = {}
     if isinstance(raw_resources, dict):
         for name, raw in raw_resources.items():
             try:
                 good[str(name)] = Resource.model_validate(raw)
             except ValidationError as exc:
                 problems += [problem(("resources", name, *e["loc"]), e) for e in exc.errors()]
+                if isinstance(raw, dict):
+                    failed = {e["loc"][0] for e in exc.errors() if e["loc"]}
+                    kept = {
+                        k: v
+                        for k, v in raw.items()
+                        if k not in failed and k in Resource.model_fields
+                    }
+                    partial[str(name)] = Resource.model_construct(
+                        **{"approvers": [], "provider": "", **kept}
+                    )
         data = {**data, "resources": good}
     try:
         policy = Policy.model_validate(data)
@@ -149,14 +161,33 @@ def parse_policy(text: str, file: str | None = None) -> Policy:
             if problems and tuple(err["loc"]) == ("resources",):
                 continue  # empty only because its resources were broken: said above
             problems.append(problem(tuple(err["loc"]), err))
-        raise PolicyError(problems) from None
+        policy = None
+    checked = policy or _lenient(data)
+    if partial:
+        checked = checked.model_copy(update={"resources": {**checked.resources, **partial}})
+    seen = {p.path for p in problems}
     problems += [
         Problem(_dotted(path), message, _nearest_line(lines, path), file)
-        for path, message in _cross_checks(policy)
+        for path, message in _cross_checks(checked)
+        if _dotted(path) not in seen
     ]
-    if problems:
+    if problems or policy is None:
         raise PolicyError(problems)
     return policy
+
+
+def _lenient(data: dict) -> Policy:
+    """The parts of an invalid file that are well-formed enough to cross-check."""
+    approvers = data.get("approvers")
+    if not isinstance(approvers, dict):
+        approvers = {}
+    approvers = {str(k): v for k, v in approvers.items() if isinstance(v, list)}
+    channel = data.get("security_channel")
+    return Policy.model_construct(
+        security_channel=channel if isinstance(channel, str) else "C0UNCHECKED",
+        approvers=approvers,
+        resources=data.get("resources") if isinstance(data.get("resources"), dict) else {},
+    )
 
 
 def _cross_checks(policy: Policy) -> list[tuple[tuple, str]]:
@@ -185,7 +216,9 @@ def _cross_checks(policy: Policy) -> list[tuple[tuple, str]]:
                     f"needs {res.approvals} distinct approvers but its groups have {len(people)}",
                 )
             )
-        if res.provider not in PROVIDERS:
+        if not res.provider:
+            pass  # missing: already reported by the schema check
+        elif res.provider not in PROVIDERS:
             known = ", ".join(sorted(PROVIDERS))
             found.append(((*base, "provider"), f"unknown provider {res.provider!r} ({known})"))
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from slack_sdk.models.blocks import (
@@ -29,15 +29,30 @@ from bot.service import MIN_JUSTIFICATION, Card
 from bot.slack.ids import ActionId, BlockId, ViewId
 from bot.workflow import Event, State, describe_state
 
+SECTION_LIMIT = 3000
+
 
 def escape(text: str | None) -> str:
     """User text for mrkdwn: no accidental mentions, links or <!channel>."""
     return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def escape_clip(text: str | None, limit: int) -> str:
+    """Escaped user text of at most `limit` characters, never cutting an entity in two."""
+    out: list[str] = []
+    size = 0
+    for ch in text or "":
+        piece = escape(ch)
+        if size + len(piece) > limit - 1:
+            return "".join(out) + "…"
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
 def slack_date(when: datetime) -> str:
     """Slack's date token: each reader sees their own time zone."""
-    fallback = when.strftime("%Y-%m-%d %H:%M UTC")
+    fallback = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"<!date^{int(when.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
 
 
@@ -207,13 +222,15 @@ def reveal_modal(card: Card, payload: dict[str, Any]) -> View:
 
 def request_summary(card: Card) -> str:
     req = card.request
-    ticket = f"\n*Ticket:* {escape(req.ticket)}" if req.ticket else ""
-    return (
+    ticket = f"\n*Ticket:* {escape_clip(req.ticket, 400)}" if req.ticket else ""
+    head = (
         f"*Requester:* {mention(req.requester)}\n"
-        f"*Resource:* `{escape(req.resource)}`, {escape(card.resource.description)}\n"
+        f"*Resource:* `{escape(req.resource)}`, {escape_clip(card.resource.description, 300)}\n"
         f"*Duration:* {format_duration(card.duration)}{ticket}\n"
-        f"*Why:* {escape(req.justification)}"
+        "*Why:* "
     )
+    # A section holds 3000 characters; escaping can make a long justification longer.
+    return head + escape_clip(req.justification, SECTION_LIMIT - len(head))
 
 
 def status_line(card: Card) -> str:
