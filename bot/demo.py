@@ -96,6 +96,9 @@ def run_demo() -> int:
             _show(reply, "    ")
         _say("\n================ @alice's private messages with the bot ================")
         for msg in slack.dms(REQUESTER):
+            if msg.ts == dm.ts:
+                _show(dm)  # as delivered; its token is spent now
+                _say(f"  ✎ edited {msg.edits} times since; now:")
             _show(msg)
             _say("  ·")
         _say("  (the Reveal modal showed the username and password; shown once, kept nowhere)")

@@ -9,6 +9,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from bot.service import BreakglassService
+from providers import ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,32 @@ class Scheduler:
             replace_existing=True,
             misfire_grace_time=None,
         )
+        self._schedule_token_renewal()
+
+    def _schedule_token_renewal(self) -> None:
+        backend = self.service.backend
+        try:
+            every = backend.renewal_interval()
+        except ProviderError as exc:
+            log.warning("cannot look up the bot's Vault token (%s); not renewing it", exc)
+            return
+        if every is None:
+            return
+        self.scheduler.add_job(
+            self._renew_token,
+            "interval",
+            seconds=every,
+            id="vault-token-renewal",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    def _renew_token(self) -> None:
+        try:
+            ttl = self.service.backend.renew_self()
+            log.info("renewed the bot's Vault token; TTL now %s s", ttl)
+        except ProviderError as exc:
+            log.error("could not renew the bot's Vault token: %s", exc)
 
     def shutdown(self) -> None:
         if self.scheduler.running:

@@ -43,6 +43,7 @@ from providers import (
 log = logging.getLogger(__name__)
 
 SYSTEM = "breakglass"  # the actor of timer-driven events
+CREDENTIAL_MESSAGE_EVENTS = frozenset({Event.REVEALED, Event.REVOKED, Event.EXPIRED})
 MIN_JUSTIFICATION = 15
 
 
@@ -88,7 +89,9 @@ class Notifier(Protocol):
 
     def tell(self, user: str, text: str) -> None: ...
 
-    def deliver(self, card: Card, wrapping_token: str) -> None: ...
+    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str] | None: ...
+
+    def update_credential(self, card: Card) -> None: ...
 
     def alert(self, card: Card, text: str) -> None: ...
 
@@ -253,6 +256,9 @@ class BreakglassService:
             self.notifier.record(card, event, actor, note)
         except Exception:
             log.exception("could not post %s for request %s to Slack", event, request_id)
+        if event in CREDENTIAL_MESSAGE_EVENTS and card.grant and card.grant.dm_ts:
+            # The requester's message drops the spent token and the buttons that no longer apply.
+            self._safe(self.notifier.update_credential, card)
         return card
 
     def submit(self, requester: str, form: RequestForm) -> AccessRequest:
@@ -533,7 +539,19 @@ class BreakglassService:
             raise
         self.timers.at("expire", request_id, grant.expires_at)
         card = self._after(request_id, Event.ISSUED, SYSTEM)
-        self._safe(self.notifier.deliver, card, issued.wrapping_token)
+        try:
+            where = self.notifier.deliver(card, issued.wrapping_token)
+        except Exception:
+            # The token is lost with the message; the requester can revoke and ask again.
+            log.exception("could not deliver the credential of request %s", request_id)
+            return
+        if where:
+            with self.store.transaction() as s:
+                s.execute(
+                    update(Grant)
+                    .where(Grant.id == grant.id)
+                    .values(dm_channel=where[0], dm_ts=where[1])
+                )
 
     def reveal(self, request_id: int, actor: str, wrapping_token: str) -> dict[str, Any]:
         """Unwrap the requester's credential for the reveal modal. Single use."""

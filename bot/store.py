@@ -92,6 +92,9 @@ class Grant(SQLModel, table=True):
     wrap_accessor: str | None = Field(default=None, max_length=128)
     wrap_expires_at: datetime | None = _ts()
     revealed_at: datetime | None = _ts()
+    # The requester's credential message, updated once the token is spent or the grant ends.
+    dm_channel: str | None = Field(default=None, max_length=32)
+    dm_ts: str | None = Field(default=None, max_length=32)
     issued_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     ended_at: datetime | None = _ts()

@@ -139,6 +139,26 @@ class VaultBackend:
         with vault_errors("auth/token/lookup-self"):
             self.client.auth.token.lookup_self()
 
+    def renewal_interval(self) -> int | None:
+        """Seconds between renewals of the bot's own token; None when it need not renew
+        (a root or non-expiring token) or cannot (not renewable)."""
+        with vault_errors("auth/token/lookup-self"):
+            data = self.client.auth.token.lookup_self()["data"]
+        if not data.get("renewable") or not data.get("ttl"):
+            return None
+        # Renew well before expiry: child tokens (and so every active grant) die with it.
+        return max(30, min(int(data["ttl"]) // 3, 3600))
+
+    def renew_self(self) -> int:
+        """Renew the bot's own token; returns its new TTL in seconds."""
+        with vault_errors("auth/token/lookup-self"):
+            data = self.client.auth.token.lookup_self()["data"]
+        # Ask for the token's full original TTL (periodic tokens get their period anyway).
+        increment = data.get("creation_ttl") or data.get("period") or None
+        with vault_errors("auth/token/renew-self"):
+            resp = self.client.auth.token.renew_self(increment=increment)
+            return int(resp["auth"]["lease_duration"])
+
     def unwrap(self, wrapping_token: str) -> dict[str, Any]:
         """Unwrap a single-use token; WrapTokenInvalid when used, expired or unknown."""
         anonymous = self.child_client(wrapping_token)

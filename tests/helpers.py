@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from bot.sandbox.slack_fake import FakeSlack, Message, request_values
 from bot.sandbox.stack import REQUESTER, SECURITY_CHANNEL, Bot
-from bot.slack.ids import ActionId
+from bot.slack.ids import ActionId, BlockId
 from bot.store import AccessRequest
 
 JUSTIFICATION = "Checkout is down: orders table locked, need to kill the blocking session."
@@ -61,10 +61,11 @@ def click(bot: Bot, user: str, message: Message, action: ActionId) -> None:
 
 
 def credential_dm(slack: FakeSlack, user: str = REQUESTER) -> Message:
+    """The requester's credential message as it is now (after a reveal: Revoke now only)."""
     return next(
         m
         for m in reversed(slack.dms(user))
-        if any(b.get("block_id") == "breakglass.credential.token" for b in m.blocks)
+        if any(b.get("block_id") == BlockId.CREDENTIAL_ACTIONS for b in m.blocks)
     )
 
 

@@ -438,3 +438,66 @@ def test_healthz(bot):
     r = requests.get(f"{bot.server.url}/healthz", timeout=5)
     assert r.status_code == 200
     assert r.json() == {"ok": True, "database": "ok", "scheduler": "running"}
+
+
+def test_request_without_decision_times_out(bot, slack, clock):
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    job = bot.runtime.scheduler.scheduler.get_job(f"timeout:{rid}")
+    assert job is not None and job.next_run_time == request_row(bot, rid).timeout_at
+    assert bot.service.sweep() == {"expired": 0, "timed_out": 0, "failed": 0}
+    clock.advance(timedelta(minutes=30))
+    assert bot.service.sweep()["timed_out"] == 1
+    assert request_row(bot, rid).state == State.TIMED_OUT
+    assert any("timed out" in m.text for m in slack.dms(REQUESTER))
+    assert "Timed out" in str(current(slack, parent).blocks)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    assert any("already timed out" in t for t in slack.ephemerals(APPROVER))
+    assert count_rows(bot, Grant) == 0
+
+
+def test_credential_message_drops_the_spent_token_and_ends_with_the_grant(bot, slack):
+    parent = request_access(bot, slack)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    from bot.slack.blocks import wrapped_token_from
+
+    token = wrapped_token_from({"blocks": credential_dm(slack).blocks})
+    assert token
+    reveal(bot, slack)
+    after_reveal = credential_dm(slack)
+    assert token not in str(after_reveal.blocks)
+    buttons = [
+        e["action_id"] for b in after_reveal.blocks if b["type"] == "actions" for e in b["elements"]
+    ]
+    assert buttons == [ActionId.REVOKE]
+    assert "revealed" in str(after_reveal.blocks)
+    click(bot, REQUESTER, after_reveal, ActionId.REVOKE)
+    ended = next(m for m in slack.dms(REQUESTER) if m.ts == after_reveal.ts)
+    assert "no longer works" in str(ended.blocks)
+    assert not any(b["type"] == "actions" for b in ended.blocks)
+
+
+def test_the_bots_own_vault_token_is_renewed(bot, backends):
+    job = bot.runtime.scheduler.scheduler.get_job("vault-token-renewal")
+    assert job is not None, "a renewable bot token gets a renewal job"
+    info = backends.bao.client(backends.bot_token).auth.token.lookup_self()["data"]
+    assert job.trigger.interval.total_seconds() == min(info["ttl"] // 3, 3600)
+    backends.bao.client().auth.token.renew(backends.bot_token, increment="1h")
+    assert backends.bao.client(backends.bot_token).auth.token.lookup_self()["data"]["ttl"] <= 3600
+    job.func()
+    assert backends.bao.client(backends.bot_token).auth.token.lookup_self()["data"]["ttl"] > 3600
+
+
+def test_unexpected_error_gets_a_reference_not_a_trace(bot, slack, all_logs):
+    parent = request_access(bot, slack)
+    for block in parent.blocks:
+        for element in block.get("elements", []):
+            if element.get("action_id") == ActionId.APPROVE:
+                element["value"] = "not-a-request-id"
+    bot.driver.click(APPROVER, parent, ActionId.APPROVE)
+    told = [m.text for m in slack.dms(APPROVER)]
+    assert len(told) == 1 and "Something went wrong on our side (ref `" in told[0]
+    assert "Traceback" not in told[0] and "ValueError" not in told[0]
+    ref = told[0].split("`")[1]
+    assert any(ref in r.getMessage() and r.exc_info for r in all_logs.records)
+    assert request_row(bot, request_id_of(parent)).state == State.PENDING

@@ -184,7 +184,20 @@ def test_serve_no_migrate_refuses_an_unmigrated_database(env, capsys):
 # ---- breakglass demo ------------------------------------------------------------------------
 
 
+def _servers() -> set[int]:
+    """PIDs of OpenBao and PostgreSQL servers running now."""
+    import psutil
+
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if ("bao" in cmd and "server -dev" in cmd) or ("postgres" in cmd and " -D " in cmd):
+            found.add(proc.info["pid"])
+    return found
+
+
 def test_demo_plays_the_whole_flow_and_cleans_up(tmp_path):
+    before = _servers()
     r = subprocess.run(
         [BREAKGLASS, "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
@@ -195,6 +208,7 @@ def test_demo_plays_the_whole_flow_and_cleans_up(tmp_path):
     assert "#security" in out and "Approved by @bob" in out and "Revoked by @alice" in out
     assert "audit chain intact" in out
     assert list(tmp_path.iterdir()) == [], "the demo leaves nothing behind in the working dir"
+    assert _servers() <= before, "the demo stops the servers it started"
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -41,8 +41,12 @@ class RecordingNotifier:
     def tell(self, user: str, text: str) -> None:
         self.told.append((user, text))
 
-    def deliver(self, card: Card, wrapping_token: str) -> None:
+    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str]:
         self.delivered.append(wrapping_token)
+        return "D0ALICE", "2.000001"
+
+    def update_credential(self, card: Card) -> None:
+        pass
 
     def alert(self, card: Card, text: str) -> None:
         self.events.append((Event.REVEAL_TAMPER, text))

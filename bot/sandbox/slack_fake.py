@@ -3,6 +3,7 @@ that talks to the bot the way Slack does: correctly signed HTTP requests."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import re
@@ -168,8 +169,9 @@ class FakeSlack:
             return "\n".join(f"{c.method} {c.dump()}" for c in self.calls)
 
     def channel_messages(self, channel: str) -> list[Message]:
+        """Copies of the messages as they are now; a person may still click a stale one."""
         with self._lock:
-            return [m for m in self.messages if m.channel == channel]
+            return [copy.deepcopy(m) for m in self.messages if m.channel == channel]
 
     def parent(self, channel: str) -> Message:
         return next(m for m in self.channel_messages(channel) if m.thread_ts is None)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from collections.abc import Callable
@@ -95,6 +96,7 @@ class BotServer:
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.server = make_server("127.0.0.1", 0, runtime.web, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 
 from flask import Flask, jsonify, request
@@ -42,8 +43,20 @@ def create_app(
 
     @app.error
     def handle_unexpected_error(error: Exception, body: dict) -> None:
-        # Never a stack trace in front of a person; the log has it for us.
-        log.exception("unhandled error in a Slack listener", exc_info=error)
+        # Never a stack trace in front of a person: they get a reference, the log the trace.
+        ref = secrets.token_hex(4)
+        log.error("unhandled error in a Slack listener (ref %s)", ref, exc_info=error)
+        user = (body.get("user") or {}).get("id") or body.get("user_id")
+        if user:
+            try:
+                client.chat_postMessage(
+                    channel=user,
+                    text=f"Something went wrong on our side (ref `{ref}`). Whatever was already "
+                    "recorded stays recorded; the bot's operators can find the details in its "
+                    "log under that reference. Try again, or ask in the security channel.",
+                )
+            except Exception:
+                log.exception("could not tell %s about error %s", user, ref)
 
     return app
 

@@ -352,18 +352,7 @@ def credential_message(
             block_id=BlockId.CREDENTIAL_ACTIONS,
             elements=[
                 ButtonElement(action_id=ActionId.REVEAL, text="Reveal", style="primary", value=rid),
-                ButtonElement(
-                    action_id=ActionId.REVOKE,
-                    text="Revoke now",
-                    style="danger",
-                    value=rid,
-                    confirm=ConfirmObject(
-                        title="Revoke access now?",
-                        text="The credential stops working at once.",
-                        confirm="Revoke",
-                        deny="Back",
-                    ),
-                ),
+                _revoke_button(rid),
             ],
         ),
         ContextBlock(
@@ -377,6 +366,51 @@ def credential_message(
     ]
     text = f"Access #{rid} to {req.resource} is active"
     return text, [b.to_dict() for b in blocks]
+
+
+def _revoke_button(rid: str) -> ButtonElement:
+    return ButtonElement(
+        action_id=ActionId.REVOKE,
+        text="Revoke now",
+        style="danger",
+        value=rid,
+        confirm=ConfirmObject(
+            title="Revoke access now?",
+            text="The credential stops working at once.",
+            confirm="Revoke",
+            deny="Back",
+        ),
+    )
+
+
+def credential_status(card: Card) -> tuple[str, list[dict[str, Any]]]:
+    """The requester's DM once its token is spent (revealed) or the access has ended."""
+    req, grant = card.request, card.grant
+    assert grant is not None
+    rid = str(req.id)
+    resource = escape(req.resource)
+    if card.state == State.ACTIVE:
+        when = slack_date(grant.revealed_at) if grant.revealed_at else "earlier"
+        blocks: list[Any] = [
+            SectionBlock(
+                text=f":unlock: Access #{rid} to *{resource}* is active until "
+                f"{slack_date(grant.expires_at)}. Credential `{escape(grant.identity)}` was "
+                f"revealed {when}; the single-use token that was here is spent."
+            ),
+            ActionsBlock(block_id=BlockId.CREDENTIAL_ACTIONS, elements=[_revoke_button(rid)]),
+        ]
+        return f"Access #{rid} to {req.resource} is active", [b.to_dict() for b in blocks]
+    how = (
+        f"was revoked by {mention(grant.ended_by)}"
+        if card.state == State.REVOKED and grant.ended_by and grant.ended_by[0] in "UW"
+        else describe_state(card.state)
+    )
+    ended = f" {slack_date(grant.ended_at)}" if grant.ended_at else ""
+    text = (
+        f":lock: Access #{rid} to *{resource}* {how}{ended}. "
+        f"Credential `{escape(grant.identity)}` no longer works."
+    )
+    return f"Access #{rid} to {req.resource} ended", [SectionBlock(text=text).to_dict()]
 
 
 def wrapped_token_from(message: dict[str, Any]) -> str | None:

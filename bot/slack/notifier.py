@@ -43,9 +43,16 @@ class SlackNotifier:
     def tell(self, user: str, text: str) -> None:
         self.client.chat_postMessage(channel=user, text=text)
 
-    def deliver(self, card: Card, wrapping_token: str) -> None:
+    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str]:
         text, body = blocks.credential_message(card, wrapping_token, self.vault_addr)
-        self.client.chat_postMessage(channel=card.request.requester, text=text, blocks=body)
+        resp = self.client.chat_postMessage(channel=card.request.requester, text=text, blocks=body)
+        return resp["channel"], resp["ts"]
+
+    def update_credential(self, card: Card) -> None:
+        grant = card.grant
+        assert grant is not None and grant.dm_channel and grant.dm_ts
+        text, body = blocks.credential_status(card)
+        self.client.chat_update(channel=grant.dm_channel, ts=grant.dm_ts, text=text, blocks=body)
 
     def alert(self, card: Card, text: str) -> None:
         req = card.request

@@ -83,6 +83,8 @@ def upgrade() -> None:
         sa.Column("wrap_accessor", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
         sa.Column("wrap_expires_at", bot.store.UTCDateTime(timezone=True), nullable=True),
         sa.Column("revealed_at", bot.store.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("dm_channel", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+        sa.Column("dm_ts", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
         sa.Column("issued_at", bot.store.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", bot.store.UTCDateTime(timezone=True), nullable=False),
         sa.Column("ended_at", bot.store.UTCDateTime(timezone=True), nullable=True),
