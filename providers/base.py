@@ -44,13 +44,15 @@ class IssuedCredential:
 
 
 class Provider(Protocol):
-    """One credential backend, chosen by name in the policy file."""
+    """One credential backend, chosen by name in the policy file.
+
+    There is no per-provider revoke: every provider issues through a per-grant child token,
+    and `VaultBackend.revoke(token_accessor, lease_id)` ends what any of them issued.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
 
     def issue(self, spec: GrantSpec) -> IssuedCredential: ...
-
-    def revoke(self, token_accessor: str, lease_id: str | None) -> None: ...
 
     def check(self) -> None: ...

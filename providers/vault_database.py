@@ -46,8 +46,5 @@ class VaultDatabaseProvider:
 
         return self.backend.issue_with_child(spec, opts.policies, read)
 
-    def revoke(self, token_accessor: str, lease_id: str | None) -> None:
-        self.backend.revoke(token_accessor, lease_id)
-
     def check(self) -> None:
         self.backend.check()

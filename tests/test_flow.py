@@ -229,6 +229,7 @@ def test_issued_credential_works_with_lease_ttl_equal_to_grant(bot, slack, backe
     click(bot, APPROVER, parent, ActionId.APPROVE)
     user, password = reveal(bot, slack)
     assert backends.pg.can_login(user, password)
+    assert not backends.pg.can_login(user, password + "x"), "PostgreSQL checks passwords"
     with bot.runtime.store.read() as s:
         grant = s.exec(select(Grant)).one()
     assert grant.identity == user

@@ -17,9 +17,7 @@ import yaml
 
 from bot import migrate
 from bot.cli import main
-from bot.sandbox.openbao import free_port
-from bot.sandbox.slack_fake import SlackDriver
-from bot.sandbox.stack import POLICY, REQUESTER
+from bot.sandbox.stack import POLICY, REQUESTER, ServeProcess
 from bot.store import create_db_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,43 +111,12 @@ def test_manifest_is_valid_and_asks_only_for_what_the_bot_uses():
 # ---- breakglass serve, as a process ---------------------------------------------------------
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 30) -> requests.Response:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
-        try:
-            return requests.get(url, timeout=1)
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError("breakglass serve did not answer /healthz in time")
-
-
 def test_serve_answers_signed_requests_over_http(backends, slack, tmp_path):
-    policy = tmp_path / "breakglass.yml"
-    policy.write_text(POLICY)
-    db = tmp_path / "serve.db"
-    port = free_port()
-    env = {
-        **os.environ,
-        "SLACK_BOT_TOKEN": "xoxb-serve-test",
-        "SLACK_SIGNING_SECRET": "serve-secret",
-        "SLACK_API_URL": slack.api_url,
-        "VAULT_ADDR": backends.bao.addr,
-        "VAULT_TOKEN": backends.bot_token,
-        "DATABASE_URL": f"sqlite:///{db}",
-        "BREAKGLASS_CONFIG": str(policy),
-    }
-    env.pop("SLACK_APP_TOKEN", None)
-    proc = subprocess.Popen(
-        [BREAKGLASS, "serve", "--port", str(port), "--host", "127.0.0.1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    served = ServeProcess(backends, slack, tmp_path).start()
     try:
-        health = _wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        health = requests.get(f"{served.url}/healthz", timeout=5)
         assert health.status_code == 200 and health.json()["scheduler"] == "running"
-        driver = SlackDriver(f"http://127.0.0.1:{port}", "serve-secret", slack)
+        driver = served.driver
         assert "/breakglass revoke" in driver.command(REQUESTER, "help").text
         assert driver.command(REQUESTER, "help", signature="v0=bad").status_code == 401
         assert driver.command(REQUESTER).status_code == 200
@@ -157,7 +124,29 @@ def test_serve_answers_signed_requests_over_http(backends, slack, tmp_path):
         while not slack.views_opened() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert slack.views_opened()[0]["callback_id"] == "breakglass.request.submit"
-        assert migrate.pending(create_db_engine(f"sqlite:///{db}")) == [], "migrated at start"
+        assert migrate.pending(create_db_engine(served.database_url)) == [], "migrated at start"
+    finally:
+        served.stop()
+
+
+def test_serve_uses_socket_mode_when_an_app_token_is_set(backends, slack, tmp_path):
+    served = ServeProcess(backends, slack, tmp_path)
+    served.env["SLACK_APP_TOKEN"] = "xapp-1-sandbox"
+    proc = subprocess.Popen(
+        [BREAKGLASS, "serve", "--port", str(served.port)],
+        env=served.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not slack.calls_to("apps.connections.open") and time.monotonic() < deadline:
+            assert proc.poll() is None, "serve exited"
+            time.sleep(0.05)
+        opened = slack.calls_to("apps.connections.open")
+        assert opened and opened[0].token == "xapp-1-sandbox"
+        with pytest.raises(requests.ConnectionError):  # no HTTP listener in Socket Mode
+            requests.get(f"{served.url}/healthz", timeout=1)
     finally:
         proc.terminate()
         proc.wait(20)

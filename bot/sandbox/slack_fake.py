@@ -156,6 +156,10 @@ class FakeSlack:
                 return {"ok": True, "message_ts": f"{int(time.time())}.{next(self._ts):06d}"}
             if method == "response_url":
                 return {"ok": True}
+            if method == "apps.connections.open":
+                # Socket Mode: a WebSocket URL where nothing listens; the sandbox has no
+                # Socket Mode server, it only records that the bot asked for one.
+                return {"ok": True, "url": "ws://127.0.0.1:9/socket-mode-sandbox"}
             return {"ok": False, "error": "unknown_method"}
 
     # ---- reading what was sent -----------------------------------------------------------

@@ -6,18 +6,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import requests
 from werkzeug.serving import make_server
 
 from bot.policy import Policy, parse_policy
 from bot.runtime import Runtime, build
-from bot.sandbox.openbao import OpenBaoServer, bot_token, configure_database_engine
+from bot.sandbox.openbao import OpenBaoServer, bot_token, configure_database_engine, free_port
 from bot.sandbox.postgres import EmbeddedPostgres
 from bot.sandbox.slack_fake import FakeSlack, SlackDriver
 from bot.service import utcnow
@@ -169,3 +174,56 @@ def start_bot(
         runtime.start()
     server = BotServer(runtime).start()
     return Bot(runtime, server, SlackDriver(server.url, signing_secret, slack), signing_secret)
+
+
+class ServeProcess:
+    """`breakglass serve` as its own process (gunicorn, as in production), pointed at the
+    embedded parts through the environment contract."""
+
+    def __init__(
+        self, backends: Backends, slack: FakeSlack, workdir: Path, *, policy_text: str = POLICY
+    ):
+        self.signing_secret = secrets.token_hex(16)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = f"sqlite:///{workdir / 'serve.db'}"
+        policy = workdir / "breakglass.yml"
+        policy.write_text(policy_text)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k != "SLACK_APP_TOKEN"},
+            "SLACK_BOT_TOKEN": "xoxb-sandbox-" + secrets.token_hex(8),
+            "SLACK_SIGNING_SECRET": self.signing_secret,
+            "SLACK_API_URL": slack.api_url,
+            "VAULT_ADDR": backends.bao.addr,
+            "VAULT_TOKEN": backends.bot_token,
+            "DATABASE_URL": self.database_url,
+            "BREAKGLASS_CONFIG": str(policy),
+        }
+        self.driver = SlackDriver(self.url, self.signing_secret, slack)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> ServeProcess:
+        exe = str(Path(sys.executable).parent / "breakglass")
+        self.process = subprocess.Popen(
+            [exe, "serve", "--port", str(self.port), "--host", "127.0.0.1"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"breakglass serve exited at start:\n{err}")
+            try:
+                requests.get(f"{self.url}/healthz", timeout=1)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("breakglass serve did not answer /healthz in time")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)

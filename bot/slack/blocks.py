@@ -272,18 +272,14 @@ def approval_message(card: Card) -> tuple[str, list[dict[str, Any]]]:
             ActionsBlock(
                 block_id=BlockId.DECISION,
                 elements=[
-                    ButtonElement(
-                        action_id=ActionId.APPROVE,
-                        text="Approve",
-                        style="primary",
-                        value=rid,
-                        confirm=ConfirmObject(
-                            title="Approve access?",
-                            text=f"{mention(req.requester)} gets `{escape(req.resource)}` for "
-                            f"{format_duration(card.duration)}.",
-                            confirm="Approve",
-                            deny="Back",
-                        ),
+                    _confirmed_button(
+                        ActionId.APPROVE,
+                        "Approve",
+                        "primary",
+                        rid,
+                        "Approve access?",
+                        f"{mention(req.requester)} gets `{escape(req.resource)}` for "
+                        f"{format_duration(card.duration)}.",
                     ),
                     ButtonElement(action_id=ActionId.DENY, text="Deny", style="danger", value=rid),
                 ],
@@ -368,18 +364,27 @@ def credential_message(
     return text, [b.to_dict() for b in blocks]
 
 
-def _revoke_button(rid: str) -> ButtonElement:
+def _confirmed_button(
+    action: ActionId, text: str, style: str, value: str, title: str, question: str
+) -> ButtonElement:
+    """A button for something irreversible: Slack asks before sending the click."""
     return ButtonElement(
-        action_id=ActionId.REVOKE,
-        text="Revoke now",
-        style="danger",
-        value=rid,
-        confirm=ConfirmObject(
-            title="Revoke access now?",
-            text="The credential stops working at once.",
-            confirm="Revoke",
-            deny="Back",
-        ),
+        action_id=action,
+        text=text,
+        style=style,
+        value=value,
+        confirm=ConfirmObject(title=title, text=question, confirm=text, deny="Back"),
+    )
+
+
+def _revoke_button(rid: str) -> ButtonElement:
+    return _confirmed_button(
+        ActionId.REVOKE,
+        "Revoke now",
+        "danger",
+        rid,
+        "Revoke access now?",
+        "The credential stops working at once.",
     )
 
 
