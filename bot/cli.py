@@ -35,6 +35,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         problems.extend(str(p) for p in exc.problems)
         policy = None
+    if args.online and policy is not None:
+        from bot.preflight import online_problems
+
+        found, notes = online_problems(settings, policy)
+        problems.extend(found)
+        for note in notes:
+            print(note)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
@@ -160,6 +167,12 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check-config", help="validate the policy file and the environment")
+    c.add_argument(
+        "--online",
+        action="store_true",
+        help="also connect to the database, Vault (the token's capabilities for every "
+        "resource) and Slack (the bot token)",
+    )
     c.add_argument(
         "--policy-only",
         action="store_true",

@@ -446,6 +446,17 @@ class BreakglassService:
         )
         return req
 
+    def cancel(self, request_id: int, actor: str) -> AccessRequest:
+        """The requester withdraws a request that is still waiting for a decision."""
+        with self.store.transaction() as s:
+            req = self._get(s, request_id)
+            if actor != req.requester:
+                raise Refused("only the requester can cancel a request")
+            self._move(s, req, Event.CANCELLED, actor)
+        self.timers.cancel("timeout", request_id)
+        self._after(request_id, Event.CANCELLED, actor)
+        return req
+
     def time_out(self, request_id: int) -> bool:
         """End a request nobody decided on in time. False when there was nothing to do."""
         now = self.clock()
@@ -506,6 +517,9 @@ class BreakglassService:
                 f"issued: {exc}. Security has been told; ask again once it is fixed.",
             )
             return
+        # The grant ends when Vault ends it: never promise more than Vault gave.
+        lifetime = min(spec.duration, issued.expires_at - issued.issued_at)
+        capped = lifetime < spec.duration
         try:
             with self.store.transaction() as s:
                 grant = Grant(
@@ -517,7 +531,7 @@ class BreakglassService:
                     wrap_accessor=issued.wrap_accessor,
                     wrap_expires_at=issued.wrap_expires_at,
                     issued_at=issued_at,
-                    expires_at=issued_at + spec.duration,
+                    expires_at=issued_at + lifetime,
                 )
                 s.add(grant)
                 self._move(
@@ -531,6 +545,11 @@ class BreakglassService:
                         "lease_id": issued.lease_id,
                         "token_accessor": issued.token_accessor,
                         "expires_at": grant.expires_at.isoformat(),
+                        **(
+                            {"capped_by_vault_seconds": int(lifetime.total_seconds())}
+                            if capped
+                            else {}
+                        ),
                     },
                 )
         except Exception:
@@ -538,7 +557,13 @@ class BreakglassService:
             self.backend.revoke(issued.token_accessor, issued.lease_id)
             raise
         self.timers.at("expire", request_id, grant.expires_at)
-        card = self._after(request_id, Event.ISSUED, SYSTEM)
+        note = (
+            f"Vault allowed only {format_duration(lifetime)} of the "
+            f"{format_duration(spec.duration)} asked (a max_ttl or the bot token's own TTL)"
+            if capped
+            else ""
+        )
+        card = self._after(request_id, Event.ISSUED, SYSTEM, note)
         try:
             where = self.notifier.deliver(card, issued.wrapping_token)
         except Exception:

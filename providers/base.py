@@ -37,7 +37,7 @@ class IssuedCredential:
     token_accessor: str  # accessor of the per-grant child token: revokes everything
     lease_id: str | None
     issued_at: datetime
-    expires_at: datetime
+    expires_at: datetime  # when Vault ends it: the grant, or less if Vault capped the TTL
     wrap_accessor: str
     wrap_expires_at: datetime
     wrapping_token: str = field(repr=False)

@@ -92,13 +92,19 @@ class VaultBackend:
             )
             child_token = created["auth"]["client_token"]
             accessor = created["auth"]["accessor"]
+            # A child token cannot outlive the bot's own token: Vault may give less.
+            lifetime = min(
+                int(spec.duration.total_seconds()), int(created["auth"]["lease_duration"])
+            )
         issued_at = datetime.now(UTC)
         try:
             child = self.child_client(child_token)
             payload, identity, lease_id = read(child)
             if lease_id:
                 with vault_errors("sys/leases/renew"):
-                    child.sys.renew_lease(lease_id, increment=int(spec.duration.total_seconds()))
+                    renewed = child.sys.renew_lease(lease_id, increment=lifetime)
+                # The role's max_ttl may cap the lease below what was asked.
+                lifetime = min(lifetime, int(renewed["lease_duration"]))
             wrap_seconds = int(min(spec.wrap_ttl, spec.duration).total_seconds())
             with vault_errors("sys/wrapping/wrap"):
                 wrapped = child.sys.wrap(payload=payload, ttl=wrap_seconds)["wrap_info"]
@@ -110,7 +116,7 @@ class VaultBackend:
             token_accessor=accessor,
             lease_id=lease_id,
             issued_at=issued_at,
-            expires_at=issued_at + spec.duration,
+            expires_at=issued_at + timedelta(seconds=lifetime),
             wrap_accessor=wrapped["accessor"],
             wrap_expires_at=issued_at + timedelta(seconds=wrap_seconds),
             wrapping_token=wrapped["token"],

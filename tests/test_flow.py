@@ -3,6 +3,8 @@ a real OpenBao and a real PostgreSQL behind it."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import threading
 import time
 from datetime import timedelta
@@ -408,6 +410,26 @@ def test_every_transition_is_one_audit_event_and_one_thread_reply(bot, slack):
     assert final.edits == 4 and "Ended (revoked)" in str(final.blocks)
 
 
+def test_audit_export_writes_the_chain_as_json_lines(
+    bot, slack, monkeypatch, database_url, tmp_path
+):
+    first = request_access(bot, slack)
+    click(bot, APPROVER, first, ActionId.APPROVE)
+    second = request_access(bot, slack, justification="Another incident, another reason.")
+    from bot.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    out = tmp_path / "audit.jsonl"
+    assert main(["audit", "export", "-o", str(out)]) == 0
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(events))
+    assert events[0]["details"]["justification"].startswith("Checkout is down")
+    assert main(["audit", "export", "-o", str(out), "--request", str(request_id_of(second))]) == 0
+    only = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["action"] for e in only] == ["requested"]
+
+
 def test_audit_verify_detects_an_edited_row(bot, slack, monkeypatch, capsys, database_url):
     parent = request_access(bot, slack)
     click(bot, APPROVER, parent, ActionId.APPROVE)
@@ -502,3 +524,51 @@ def test_unexpected_error_gets_a_reference_not_a_trace(bot, slack, all_logs):
     ref = told[0].split("`")[1]
     assert any(ref in r.getMessage() and r.exc_info for r in all_logs.records)
     assert request_row(bot, request_id_of(parent)).state == State.PENDING
+
+
+def test_grant_never_promises_more_than_vault_gave(backends, slack, clock, database_url, tmp_path):
+    from bot.sandbox.stack import CAPPED_ROLE, POLICY, start_bot
+
+    policy = POLICY.replace(
+        "options: {mount: database, role: breakglass-rw}\n    max_duration: 1h",
+        f"options: {{mount: database, role: {CAPPED_ROLE}}}\n    max_duration: 1h",
+    )
+    capped = start_bot(
+        backends,
+        slack,
+        database_url,
+        policy_text=policy,
+        clock=clock,
+        workdir=tmp_path,
+    )
+    try:
+        parent = request_access(capped, slack, duration="30m")
+        click(capped, APPROVER, parent, ActionId.APPROVE)
+        with capped.runtime.store.read() as s:
+            grant = s.exec(select(Grant)).one()
+        assert grant.expires_at - grant.issued_at == timedelta(minutes=5)
+        lease = backends.bao.client().sys.read_lease(grant.lease_id)["data"]
+        assert lease["ttl"] <= 5 * 60
+        assert any(
+            "Vault allowed only 5 min of the 30 min" in t for t in thread_texts(slack, parent)
+        )
+        job = capped.runtime.scheduler.scheduler.get_job(f"expire:{request_id_of(parent)}")
+        assert job.next_run_time == grant.expires_at
+    finally:
+        capped.stop()
+
+
+def test_requester_can_cancel_a_pending_request(bot, slack):
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    bot.driver.command(APPROVER, f"cancel {rid}")
+    assert any("only the requester" in t for t in slack.ephemerals(APPROVER))
+    assert request_row(bot, rid).state == State.PENDING
+    bot.driver.command(REQUESTER, f"cancel #{rid}")
+    assert request_row(bot, rid).state == State.CANCELLED
+    assert any(f"#{rid} cancelled" in t for t in slack.ephemerals(REQUESTER))
+    assert "Cancelled by" in thread_texts(slack, parent)[-1]
+    assert bot.runtime.scheduler.scheduler.get_job(f"timeout:{rid}") is None
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    assert any("already cancelled" in t for t in slack.ephemerals(APPROVER))
+    assert count_rows(bot, Grant) == 0

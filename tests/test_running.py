@@ -210,3 +210,39 @@ def test_example_policy_loads():
 
     policy = load_policy(ROOT / "breakglass.example.yml")
     assert policy.resources["prod-db"].emergency is True
+
+
+def test_check_config_online_finds_missing_vault_capabilities(
+    env, capsys, monkeypatch, backends, slack
+):
+    monkeypatch.setenv("VAULT_ADDR", backends.bao.addr)
+    monkeypatch.setenv("SLACK_API_URL", slack.api_url)
+    monkeypatch.setenv("VAULT_TOKEN", backends.bot_token)
+    assert main(["check-config", "--online"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "1 migration(s) pending" in out and "OK, 2 resource(s)" in out
+    assert slack.calls_to("auth.test")
+    # A token with only Vault's default policy cannot issue anything.
+    weak = backends.bao.client().auth.token.create(policies=["default"], ttl="10m")
+    monkeypatch.setenv("VAULT_TOKEN", weak["auth"]["client_token"])
+    assert main(["check-config", "--online"]) == 1
+    err = capsys.readouterr().err
+    assert "lacks update on auth/token/create (needed by every grant)" in err
+    assert (
+        "lacks read on database/creds/breakglass-rw "
+        "(needed by resources.prod-db, resources.prod-db-two-keys)" in err
+    )
+    assert weak["auth"]["client_token"] not in err
+
+
+def test_check_config_online_unreachable_parts(env, capsys, monkeypatch):
+    monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:9")
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.nope")
+    monkeypatch.setenv("SLACK_API_URL", "http://127.0.0.1:9/api/")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://bg:hunter2@127.0.0.1:9/bg")
+    assert main(["check-config", "--online"]) == 1
+    err = capsys.readouterr().err
+    assert "database postgresql+psycopg://bg:***@127.0.0.1:9/bg: cannot connect" in err
+    assert "vault http://127.0.0.1:9: cannot reach Vault" in err
+    assert "slack: cannot reach the Slack API" in err
+    assert "hunter2" not in err and "Traceback" not in err

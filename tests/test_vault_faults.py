@@ -101,7 +101,13 @@ def test_failure_after_the_child_token_revokes_it(service):
     responses.add(
         responses.POST,
         f"{VAULT}/v1/auth/token/create",
-        json={"auth": {"client_token": "hvs.child", "accessor": "acc-child-1"}},
+        json={
+            "auth": {
+                "client_token": "hvs.child",
+                "accessor": "acc-child-1",
+                "lease_duration": 1800,
+            }
+        },
     )
     responses.add(
         responses.GET,

@@ -99,11 +99,12 @@ def configure_database_engine(
     pg: EmbeddedPostgres,
     *,
     mount: str = "database",
-    role: str = "breakglass-rw",
+    roles: dict[str, str] | None = None,
     connection: str = "sandbox-pg",
-    max_ttl: str = "24h",
 ) -> None:
-    """Enable the database engine against `pg` and create `role`, as a Vault admin would."""
+    """Enable the database engine against `pg` and create `roles` (name: max_ttl), as a
+    Vault admin would. Default: one role, `breakglass-rw`, up to 24 h."""
+    roles = roles or {"breakglass-rw": "24h"}
     if f"{mount}/" not in root.sys.list_mounted_secrets_engines()["data"]:
         root.sys.enable_secrets_engine("database", path=mount)
     root.secrets.database.configure(
@@ -112,27 +113,29 @@ def configure_database_engine(
         connection_url=pg.vault_connection_url(),
         username=pg.admin_user,
         password=pg.admin_password,
-        allowed_roles=[role],
+        allowed_roles=list(roles),
         mount_point=mount,
         verify_connection=True,
     )
-    root.secrets.database.create_role(
-        name=role,
-        db_name=connection,
-        creation_statements=[
-            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
-            "VALID UNTIL '{{expiration}}';",
-            f'GRANT ALL PRIVILEGES ON DATABASE "{pg.database}" TO "{{{{name}}}}";',
-        ],
-        revocation_statements=[
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
-            f'REVOKE ALL PRIVILEGES ON DATABASE "{pg.database}" FROM "{{{{name}}}}";',
-            'DROP ROLE IF EXISTS "{{name}}";',
-        ],
-        default_ttl="1h",
-        max_ttl=max_ttl,
-        mount_point=mount,
-    )
+    for role, max_ttl in roles.items():
+        root.secrets.database.create_role(
+            name=role,
+            db_name=connection,
+            creation_statements=[
+                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
+                "VALID UNTIL '{{expiration}}';",
+                f'GRANT ALL PRIVILEGES ON DATABASE "{pg.database}" TO "{{{{name}}}}";',
+            ],
+            revocation_statements=[
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = '{{name}}';",
+                f'REVOKE ALL PRIVILEGES ON DATABASE "{pg.database}" FROM "{{{{name}}}}";',
+                'DROP ROLE IF EXISTS "{{name}}";',
+            ],
+            default_ttl=max_ttl,  # the bot shortens each lease to its grant
+            max_ttl=max_ttl,
+            mount_point=mount,
+        )
 
 
 def bot_token(root: hvac.Client, *, ttl: str = "24h") -> str:

@@ -29,6 +29,7 @@ from bot.service import utcnow
 from bot.settings import Settings
 
 SECURITY_CHANNEL = "C0SECURITY"
+CAPPED_ROLE = "breakglass-capped"  # a Vault role whose max_ttl (5 min) is below the policy's
 REQUESTER = "U0ALICE"
 APPROVER = "U0BOB"
 APPROVER_2 = "U0CAROL"
@@ -83,7 +84,9 @@ class Backends:
             pg.stop()
             raise
         try:
-            configure_database_engine(bao.client(), pg)
+            configure_database_engine(
+                bao.client(), pg, roles={"breakglass-rw": "24h", CAPPED_ROLE: "5m"}
+            )
             token = bot_token(bao.client())
         except Exception:
             bao.stop()

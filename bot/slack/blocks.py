@@ -306,7 +306,7 @@ def event_text(card: Card, event: Event, actor: str, note: str = "") -> str:
         Event.ISSUED: (
             f":unlock: Issued `{escape(card.grant.identity)}` until "
             f"{slack_date(card.grant.expires_at)}; delivered privately to "
-            f"{mention(req.requester)}."
+            f"{mention(req.requester)}." + (f" :warning: {escape(note)}." if note else "")
             if card.grant
             else ":unlock: Issued."
         ),
@@ -439,6 +439,7 @@ def help_text(policy: Policy) -> str:
         "*Break-glass access*\n"
         "`/breakglass`: ask for emergency access (opens a form)\n"
         "`/breakglass revoke <id>`: end an active access now\n"
+        "`/breakglass cancel <id>`: withdraw your request while it waits for approval\n"
         "`/breakglass help`: this message\n\n"
         f"Resources:\n{resources}\n\n"
         "Approvers decide in the security channel; the credential comes to you privately "

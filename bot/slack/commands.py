@@ -14,6 +14,13 @@ from bot.workflow import Refused
 log = logging.getLogger(__name__)
 
 
+# `/breakglass <verb> <id>`: what it does, and what to say when done.
+ON_ONE_REQUEST = {
+    "revoke": (BreakglassService.revoke, "revoked; the credential no longer works"),
+    "cancel": (BreakglassService.cancel, "cancelled"),
+}
+
+
 def register(app: App, service: BreakglassService) -> None:
     @app.command("/breakglass")
     def handle_breakglass_command(
@@ -26,17 +33,18 @@ def register(app: App, service: BreakglassService) -> None:
             client.views_open(
                 trigger_id=command["trigger_id"], view=blocks.request_modal(service.policy)
             )
-        elif verb == "revoke":
+        elif verb in ON_ONE_REQUEST:
             if len(words) != 2 or not words[1].lstrip("#").isdigit():
-                ack("Usage: `/breakglass revoke <request id>`, e.g. `/breakglass revoke 12`.")
+                ack(f"Usage: `/breakglass {verb} <request id>`, e.g. `/breakglass {verb} 12`.")
                 return
-            ack()
+            ack()  # Vault and the database come after the ack
             request_id = int(words[1].lstrip("#"))
+            act, done = ON_ONE_REQUEST[verb]
             try:
-                service.revoke(request_id, command["user_id"])
-                respond(text=f"Access #{request_id} revoked.", response_type="ephemeral")
+                act(service, request_id, command["user_id"])
+                respond(text=f"Request #{request_id} {done}.", response_type="ephemeral")
             except Refused as exc:
-                respond(text=f"Cannot revoke #{request_id}: {exc}.", response_type="ephemeral")
+                respond(text=f"Cannot {verb} #{request_id}: {exc}.", response_type="ephemeral")
         elif verb == "help":
             ack(blocks.help_text(service.policy))
         else:
