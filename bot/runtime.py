@@ -26,11 +26,18 @@ from providers.vault import vault_client_from_env
 log = logging.getLogger(__name__)
 
 
+def _no_debug(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.INFO
+
+
 def quiet_secret_loggers() -> None:
     """slack_sdk logs whole request bodies at DEBUG, and the reveal modal carries the
-    credential: keep that logger at INFO whatever the root level is."""
+    credential: drop those records whatever level anyone sets later."""
     for name in ("slack_sdk.web.base_client", "slack_sdk.webhook.client", "urllib3"):
-        logging.getLogger(name).setLevel(logging.INFO)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if _no_debug not in logger.filters:
+            logger.addFilter(_no_debug)
 
 
 @dataclass

@@ -162,6 +162,29 @@ def test_double_click_issues_one_credential(bot, slack, backends):
     assert meta["breakglass_request"] == str(rid)
 
 
+def test_two_approvers_at_once_issue_one_credential(bot, slack):
+    parent = request_access(bot, slack)
+    barrier = threading.Barrier(2)
+
+    def press(user: str) -> None:
+        barrier.wait()
+        bot.driver.click(user, parent, ActionId.APPROVE)
+
+    threads = [threading.Thread(target=press, args=(u,)) for u in (APPROVER, APPROVER_2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rid = request_id_of(parent)
+    assert request_row(bot, rid).state == State.ACTIVE
+    assert count_rows(bot, Grant) == 1
+    with bot.runtime.store.read() as s:
+        actions = [e.action for e in s.exec(select(AuditEvent).order_by(AuditEvent.seq))]
+    assert actions == ["requested", "approved", "issued"]
+    told = slack.ephemerals(APPROVER) + slack.ephemerals(APPROVER_2)
+    assert len(told) == 1, "the slower approver is told nothing changed"
+
+
 def test_click_on_finished_request_changes_nothing(bot, slack):
     parent = request_access(bot, slack)
     click(bot, APPROVER, parent, ActionId.APPROVE)
@@ -572,3 +595,17 @@ def test_requester_can_cancel_a_pending_request(bot, slack):
     click(bot, APPROVER, parent, ActionId.APPROVE)
     assert any("already cancelled" in t for t in slack.ephemerals(APPROVER))
     assert count_rows(bot, Grant) == 0
+
+
+def test_raising_slack_sdk_to_debug_later_still_logs_no_secret(bot, slack, all_logs):
+    import logging
+
+    logging.getLogger("slack_sdk").setLevel(logging.DEBUG)
+    logging.getLogger("slack_sdk.web.base_client").setLevel(logging.DEBUG)
+    try:
+        parent = request_access(bot, slack)
+        click(bot, APPROVER, parent, ActionId.APPROVE)
+        _, password = reveal(bot, slack)
+        assert password not in "\n".join(r.getMessage() for r in all_logs.records)
+    finally:
+        logging.getLogger("slack_sdk.web.base_client").setLevel(logging.INFO)
