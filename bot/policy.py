@@ -56,8 +56,10 @@ class Policy(BaseModel):
 
     def approver_ids(self, resource: str) -> set[str]:
         """Every Slack user who may decide on `resource`."""
-        groups = self.resources[resource].approvers
-        return {user for g in groups for user in self.approvers.get(g, [])}
+        res = self.resources.get(resource)
+        if res is None:  # gone from the policy since the request: nobody may decide
+            return set()
+        return {user for g in res.approvers for user in self.approvers.get(g, [])}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from bot.workflow import (
     State,
     check_decider,
     check_duration,
-    check_emergency,
     check_revoker,
     quorum_reached,
     transition,
@@ -44,6 +43,8 @@ log = logging.getLogger(__name__)
 
 SYSTEM = "breakglass"  # the actor of timer-driven events
 CREDENTIAL_MESSAGE_EVENTS = frozenset({Event.REVEALED, Event.REVOKED, Event.EXPIRED})
+ISSUE_INTERRUPTED_AFTER = timedelta(minutes=5)
+DONE_KEYS = {"expire": "expired", "timeout": "timed_out", "interrupted": "interrupted"}
 MIN_JUSTIFICATION = 15
 
 
@@ -266,7 +267,6 @@ class BreakglassService:
         valid, errors = check_form(self.policy, form)
         if valid is None:
             raise Refused("; ".join(errors.values()))
-        res = self.policy.resources[valid.resource]
         now = self.clock()
         with self.store.transaction() as s:
             req = AccessRequest(
@@ -312,8 +312,7 @@ class BreakglassService:
                     .where(AccessRequest.id == request_id)
                     .values(channel=where[0], thread_ts=where[1])
                 )
-        if valid.emergency:
-            check_emergency(resource_allows=res.emergency)
+        if valid.emergency:  # check_form refused it where the resource does not allow it
             with self.store.transaction() as s:
                 req = s.get(AccessRequest, request_id)
                 self._move(
@@ -503,19 +502,14 @@ class BreakglassService:
         try:
             provider = make_provider(res.provider, self.backend, res.options)
             issued = provider.issue(spec)
-        except ProviderError as exc:
-            log.warning("issuing request %s failed: %s", request_id, exc)
-            with self.store.transaction() as s:
-                self._move(
-                    s, self._get(s, request_id), Event.ISSUE_FAILED, SYSTEM, {"error": str(exc)}
-                )
-            self._after(request_id, Event.ISSUE_FAILED, SYSTEM, str(exc))
-            self._safe(
-                self.notifier.tell,
-                req.requester,
-                f"Request #{request_id} was approved but the credential could not be "
-                f"issued: {exc}. Security has been told; ask again once it is fixed.",
-            )
+        except Exception as exc:
+            if isinstance(exc, ProviderError):
+                reason = str(exc)
+                log.warning("issuing request %s failed: %s", request_id, reason)
+            else:  # a bug of ours: never leave the request stuck in "approved"
+                reason = "internal error (see the bot's log)"
+                log.exception("issuing request %s failed", request_id)
+            self._fail_issue(request_id, reason)
             return
         # The grant ends when Vault ends it: never promise more than Vault gave.
         lifetime = min(spec.duration, issued.expires_at - issued.issued_at)
@@ -577,6 +571,22 @@ class BreakglassService:
                     .where(Grant.id == grant.id)
                     .values(dm_channel=where[0], dm_ts=where[1])
                 )
+
+    def _fail_issue(self, request_id: int, reason: str) -> bool:
+        try:
+            with self.store.transaction() as s:
+                req = self._get(s, request_id)
+                self._move(s, req, Event.ISSUE_FAILED, SYSTEM, {"error": reason})
+        except Refused:
+            return False
+        self._after(request_id, Event.ISSUE_FAILED, SYSTEM, reason)
+        self._safe(
+            self.notifier.tell,
+            req.requester,
+            f"Request #{request_id} was approved but the credential could not be "
+            f"issued: {reason}. Security has been told; ask again once it is fixed.",
+        )
+        return True
 
     def reveal(self, request_id: int, actor: str, wrapping_token: str) -> dict[str, Any]:
         """Unwrap the requester's credential for the reveal modal. Single use."""
@@ -732,34 +742,42 @@ class BreakglassService:
             )
             for grant, req in active:
                 out.append(("expire", req.id, grant.expires_at))
+            for req in s.exec(select(AccessRequest).where(AccessRequest.state == "approved")):
+                # Issuing takes well under a second; this long means the process died mid-way.
+                out.append(("interrupted", req.id, req.updated_at + ISSUE_INTERRUPTED_AFTER))
         return out
 
     def sweep(self) -> dict[str, int]:
         """Act on every overdue deadline no timer handled (after a restart, say)."""
         now = self.clock()
-        done = {"expired": 0, "timed_out": 0, "failed": 0}
+        done = {"expired": 0, "timed_out": 0, "interrupted": 0, "failed": 0}
         for kind, request_id, when in self.deadlines():
             if when > now:
                 continue
             try:
-                if kind == "expire" and self.expire(request_id):
-                    done["expired"] += 1
-                elif kind == "timeout" and self.time_out(request_id):
-                    done["timed_out"] += 1
+                if self.run_deadline(kind, request_id):
+                    done[DONE_KEYS[kind]] += 1
             except Exception:
                 done["failed"] += 1
                 log.exception("sweep could not handle %s of request %s", kind, request_id)
         return done
 
-    def run_deadline(self, kind: str, request_id: int) -> None:
-        """Entry point for timers."""
+    def run_deadline(self, kind: str, request_id: int) -> bool:
+        """Act on one deadline (entry point for timers and the sweep); True if it acted."""
         try:
             if kind == "expire":
-                self.expire(request_id)
-            elif kind == "timeout":
-                self.time_out(request_id)
+                return self.expire(request_id)
+            if kind == "timeout":
+                return self.time_out(request_id)
+            if kind == "interrupted":
+                return self._fail_issue(
+                    request_id,
+                    "interrupted: the bot stopped while issuing; anything Vault had issued "
+                    "ends at its own TTL",
+                )
         except Refused as exc:
             log.info("%s of request %s: %s", kind, request_id, exc)
+        return False
 
     # ---- helpers ----------------------------------------------------------------------
 

@@ -120,11 +120,6 @@ def quorum_reached(approvals: Iterable[str], requester: str, needed: int) -> boo
     return len(set(approvals) - {requester}) >= needed
 
 
-def check_emergency(*, resource_allows: bool) -> None:
-    if not resource_allows:
-        raise Refused("emergency access is not allowed for this resource")
-
-
 def check_revoker(*, actor: str, requester: str, approvers: set[str], state: State) -> None:
     if actor != requester and actor not in approvers:
         raise Refused("only the requester or an approver of this resource can revoke it")

@@ -491,7 +491,7 @@ def test_request_without_decision_times_out(bot, slack, clock):
     rid = request_id_of(parent)
     job = bot.runtime.scheduler.scheduler.get_job(f"timeout:{rid}")
     assert job is not None and job.next_run_time == request_row(bot, rid).timeout_at
-    assert bot.service.sweep() == {"expired": 0, "timed_out": 0, "failed": 0}
+    assert bot.service.sweep() == {"expired": 0, "timed_out": 0, "interrupted": 0, "failed": 0}
     clock.advance(timedelta(minutes=30))
     assert bot.service.sweep()["timed_out"] == 1
     assert request_row(bot, rid).state == State.TIMED_OUT
@@ -609,3 +609,17 @@ def test_raising_slack_sdk_to_debug_later_still_logs_no_secret(bot, slack, all_l
         assert password not in "\n".join(r.getMessage() for r in all_logs.records)
     finally:
         logging.getLogger("slack_sdk.web.base_client").setLevel(logging.INFO)
+
+
+def test_issue_interrupted_by_a_crash_is_failed_by_the_sweep(bot, slack, clock):
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    # As if the process died between the approval and the credential: state "approved".
+    with bot.runtime.store.transaction() as s:
+        s.execute(text("UPDATE access_request SET state = 'approved' WHERE id = :id"), {"id": rid})
+    assert bot.service.sweep()["interrupted"] == 0, "not before it is clearly stuck"
+    clock.advance(timedelta(minutes=6))
+    assert bot.service.sweep()["interrupted"] == 1
+    assert request_row(bot, rid).state == State.FAILED
+    assert any("interrupted" in m.text for m in slack.dms(REQUESTER))
+    assert "Failed to issue" in str(current(slack, parent).blocks)
