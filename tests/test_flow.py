@@ -49,6 +49,8 @@ def test_command_opens_modal_with_policy_resources(bot, slack):
     assert options == ["prod-db", "prod-db-two-keys"]
     block_ids = {b["block_id"] for b in view["blocks"]}
     assert {BlockId.DURATION, BlockId.JUSTIFICATION, BlockId.TICKET, BlockId.EMERGENCY} <= block_ids
+    emergency = next(b for b in view["blocks"] if b["block_id"] == BlockId.EMERGENCY)
+    assert "confirm" in emergency["element"], "breaking the glass asks for confirmation"
 
 
 def test_help_is_ephemeral_in_the_response(bot, slack):

@@ -942,7 +942,9 @@ def test_no_wrapped_token_in_other_messages(policy: Policy) -> None:
 def test_approval_message_for_a_pending_request(policy: Policy) -> None:
     card = make_card(policy, justification="DB down <!channel> & <@U0BBB> please")
     text_, message_blocks = blocks.approval_message(card)
-    assert text_ == "Break-glass request #7: prod-db: waiting for approval"
+    assert text_ == (
+        "Break-glass request #7: prod-db: waiting for approval (<@U0AAA> <@U0BBB> <@U0CCC>)"
+    )
     joined = "\n".join(all_texts(message_blocks))
     assert "<!channel>" not in joined
     assert "&lt;!channel&gt; &amp; &lt;@U0BBB&gt;" in joined

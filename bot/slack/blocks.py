@@ -134,6 +134,13 @@ def request_modal(policy: Policy) -> View:
                 hint=f"Only for: {', '.join(emergency_ok)}"[:2000],
                 element=CheckboxesElement(
                     action_id=ActionId.EMERGENCY,
+                    confirm=ConfirmObject(
+                        title="Break the glass?",
+                        text="Access is granted at once, without approval. The security "
+                        "channel is alerted and a review of this access is mandatory.",
+                        confirm="Break the glass",
+                        deny="Back",
+                    ),
                     options=[
                         Option(
                             value="emergency",
@@ -286,6 +293,9 @@ def approval_message(card: Card) -> tuple[str, list[dict[str, Any]]]:
             )
         )
     text = f"{title}: {describe_state(card.state)}"
+    if card.state == State.PENDING and card.approvers:
+        # The fallback text is what push notifications show: name who must act.
+        text += " (" + " ".join(mention(u) for u in card.approvers) + ")"
     return text, [b.to_dict() for b in blocks]
 
 
