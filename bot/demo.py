@@ -7,7 +7,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from bot.sandbox.slack_fake import FakeSlack, Message, render_blocks, request_values
+from bot.sandbox.slack_fake import FakeSlack, Message, plain, render_blocks, request_values
 from bot.sandbox.stack import (
     APPROVER,
     NAMES,
@@ -101,7 +101,17 @@ def run_demo() -> int:
                 _say(f"  ✎ edited {msg.edits} times since; now:")
             _show(msg)
             _say("  ·")
-        _say("  (the Reveal modal showed the username and password; shown once, kept nowhere)")
+        _say(
+            "\n================ the Reveal modal @alice saw (password masked here) ================"
+        )
+        for block in revealed["blocks"]:
+            text = block.get("text", {}).get("text") or " ".join(
+                e.get("text", "") for e in block.get("elements", [])
+            )
+            text = text.replace(password, password[:3] + "…" + f" ({len(password)} characters)")
+            for line in plain(text, NAMES).strip("`").splitlines():
+                _say(f"  {line}")
+        _say("  (shown once; Slack keeps no history of modals and the bot stored nothing)")
         with bot.runtime.store.read() as s:
             from bot import audit
 

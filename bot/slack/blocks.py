@@ -200,7 +200,9 @@ def deny_modal(request_id: int) -> View:
 
 def reveal_modal(card: Card, payload: dict[str, Any]) -> View:
     """The credential itself. Slack keeps no history of modals."""
-    lines = "\n".join(f"{k}: {v}" for k, v in payload.items())
+    first = [k for k in ("username", "password") if k in payload]
+    ordered = first + sorted(k for k in payload if k not in first)
+    lines = "\n".join(f"{k}: {payload[k]}" for k in ordered)
     expires = card.grant.expires_at if card.grant else None
     return View(
         type="modal",
