@@ -49,7 +49,9 @@ def online_problems(settings: Settings, policy: Policy) -> tuple[list[str], list
                 "(`breakglass serve` applies them at start)"
             )
     except SQLAlchemyError as exc:
-        problems.append(f"database {where}: cannot connect ({type(exc.orig or exc).__name__})")
+        problems.append(
+            f"database {where}: cannot connect ({type(getattr(exc, 'orig', None) or exc).__name__})"
+        )
     finally:
         engine.dispose()
 

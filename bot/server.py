@@ -38,7 +38,12 @@ def serve(settings: Settings, *, port: int, host: str, migrate_db: bool, threads
 
         runtime = build(settings, migrate_db=migrate_db)
         runtime.start()
-        signal.signal(signal.SIGTERM, lambda *_: (runtime.stop(), exit(0)))
+
+        def stop(*_: object) -> None:
+            runtime.stop()
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
         log.info("serving in Socket Mode")
         assert settings.slack_app_token is not None
         SocketModeHandler(runtime.app, settings.slack_app_token.get_secret_value()).start()

@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 from bot import audit
 from bot.durations import DurationError, format_duration, parse_duration
 from bot.policy import Policy, Resource
-from bot.store import AccessRequest, Decision, Grant, Store
+from bot.store import AccessRequest, AuditEvent, Decision, Grant, Store
 from bot.workflow import (
     Event,
     Refused,
@@ -67,6 +67,9 @@ class Card:
     denied_by: str | None = None
     deny_reason: str | None = None
     grant: Grant | None = None
+    # The audit event a message is about: its sequence and hash go into the thread, so Slack
+    # witnesses the chain (a rewritten database no longer matches what the thread shows).
+    event: AuditEvent | None = None
 
     @property
     def needed(self) -> int:
@@ -253,6 +256,12 @@ class BreakglassService:
     def _after(self, request_id: int, event: Event, actor: str, note: str = "") -> Card:
         """Tell the thread and refresh the card; a Slack failure is logged, never raised."""
         card = self.card(request_id)
+        with self.store.read() as s:
+            card.event = s.exec(
+                select(AuditEvent)
+                .where(AuditEvent.request_id == request_id, AuditEvent.action == event.value)
+                .order_by(AuditEvent.seq.desc())  # type: ignore[union-attr]
+            ).first()
         try:
             self.notifier.record(card, event, actor, note)
         except Exception:
@@ -284,7 +293,7 @@ class BreakglassService:
             )
             s.add(req)
             s.flush()
-            audit.append(
+            requested = audit.append(
                 s,
                 at=now,
                 actor=requester,
@@ -300,8 +309,10 @@ class BreakglassService:
             )
         request_id = req.id
         assert request_id is not None
+        card = self.card(request_id)
+        card.event = requested
         try:
-            where = self.notifier.open_thread(self.card(request_id))
+            where = self.notifier.open_thread(card)
         except Exception:
             log.exception("could not open the audit thread for request %s", request_id)
             where = None

@@ -420,13 +420,15 @@ def test_every_transition_is_one_audit_event_and_one_thread_reply(bot, slack):
     reveal(bot, slack)
     click(bot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
     with bot.runtime.store.read() as s:
-        actions = [
-            e.action
-            for e in s.exec(
-                select(AuditEvent).where(AuditEvent.request_id == rid).order_by(AuditEvent.seq)
-            )
-        ]
+        events = s.exec(
+            select(AuditEvent).where(AuditEvent.request_id == rid).order_by(AuditEvent.seq)
+        ).all()
+    actions = [e.action for e in events]
     assert actions == ["requested", "approved", "issued", "revealed", "revoked"]
+    # Each reply names its audit event and hash: the thread witnesses the chain.
+    witnessed = [str(m.blocks) for m in slack.thread(parent.channel, parent.ts)]
+    for event, reply in zip(events, witnessed, strict=True):
+        assert f"audit #{event.seq} · `{event.hash[:16]}`" in reply
     replies = thread_texts(slack, parent)
     assert len(replies) == len(actions)
     assert "asked for" in replies[0] and "Approved by" in replies[1]

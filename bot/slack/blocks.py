@@ -334,6 +334,23 @@ def event_text(card: Card, event: Event, actor: str, note: str = "") -> str:
     return lines[event]
 
 
+def thread_reply(
+    card: Card, event: Event, actor: str, note: str = ""
+) -> tuple[str, list[dict[str, Any]]]:
+    """A reply in the request's thread: the event, and the audit event it was recorded as."""
+    text = event_text(card, event, actor, note)
+    body: list[Any] = [SectionBlock(text=text[:SECTION_LIMIT])]
+    if card.event is not None:
+        body.append(
+            ContextBlock(
+                elements=[
+                    MarkdownTextObject(text=f"audit #{card.event.seq} · `{card.event.hash[:16]}`")
+                ]
+            )
+        )
+    return text, [b.to_dict() for b in body]
+
+
 # ---- the requester's private messages ---------------------------------------------------
 
 

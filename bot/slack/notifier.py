@@ -21,22 +21,20 @@ class SlackNotifier:
             channel=self.security_channel, text=text, blocks=body, unfurl_links=False
         )
         channel, ts = resp["channel"], resp["ts"]
-        self.client.chat_postMessage(
-            channel=channel,
-            thread_ts=ts,
-            text=blocks.event_text(card, Event.REQUESTED, card.request.requester),
-        )
+        self._reply(channel, ts, card, Event.REQUESTED, card.request.requester, "")
         return channel, ts
+
+    def _reply(
+        self, channel: str, ts: str, card: Card, event: Event, actor: str, note: str
+    ) -> None:
+        text, body = blocks.thread_reply(card, event, actor, note)
+        self.client.chat_postMessage(channel=channel, thread_ts=ts, text=text, blocks=body)
 
     def record(self, card: Card, event: Event, actor: str, note: str = "") -> None:
         req = card.request
         if not (req.channel and req.thread_ts):
             return
-        self.client.chat_postMessage(
-            channel=req.channel,
-            thread_ts=req.thread_ts,
-            text=blocks.event_text(card, event, actor, note),
-        )
+        self._reply(req.channel, req.thread_ts, card, event, actor, note)
         text, body = blocks.approval_message(card)
         self.client.chat_update(channel=req.channel, ts=req.thread_ts, text=text, blocks=body)
 
