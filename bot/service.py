@@ -353,13 +353,7 @@ class BreakglassService:
         with self.store.transaction() as s:
             req = self._get(s, request_id)
             decisions = s.exec(select(Decision).where(Decision.request_id == request_id)).all()
-            check_decider(
-                actor=actor,
-                requester=req.requester,
-                state=State(req.state),
-                approvers=self.policy.approver_ids(req.resource),
-                previous_deciders=[d.approver for d in decisions],
-            )
+            self._check_decider(req, actor, [d.approver for d in decisions])
             s.add(
                 Decision(request_id=request_id, approver=actor, outcome="approve", decided_at=now)
             )
@@ -407,12 +401,17 @@ class BreakglassService:
         """Refuse early (before a Deny modal opens) when `actor` may not decide now."""
         with self.store.read() as s:
             req = self._get(s, request_id)
+        self._check_decider(req, actor)
+
+    def _check_decider(
+        self, req: AccessRequest, actor: str, previous_deciders: list[str] | None = None
+    ) -> None:
         check_decider(
             actor=actor,
             requester=req.requester,
             state=State(req.state),
             approvers=self.policy.approver_ids(req.resource),
-            previous_deciders=[],
+            previous_deciders=previous_deciders or [],
         )
 
     def deny(self, request_id: int, actor: str, reason: str) -> AccessRequest:
@@ -423,13 +422,8 @@ class BreakglassService:
         with self.store.transaction() as s:
             req = self._get(s, request_id)
             decisions = s.exec(select(Decision).where(Decision.request_id == request_id)).all()
-            check_decider(
-                actor=actor,
-                requester=req.requester,
-                state=State(req.state),
-                approvers=self.policy.approver_ids(req.resource),
-                previous_deciders=[],  # an approver who approved may still deny before quorum
-            )
+            # An approver who approved may still deny before the quorum is reached.
+            self._check_decider(req, actor)
             if any(d.approver == actor for d in decisions):
                 s.execute(
                     update(Decision)

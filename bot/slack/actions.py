@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
@@ -25,15 +26,24 @@ def _refuse(respond: Respond, request_id: int, exc: Refused) -> None:
     )
 
 
-def register(app: App, service: BreakglassService) -> None:
-    @app.action(ActionId.APPROVE)
-    def handle_approve_action(ack: Ack, body: dict, respond: Respond) -> None:
+def _on_click(subject: str, act: Callable[[int, str], object]) -> Callable[..., None]:
+    """A button whose whole job is one service call on its request, by the clicker."""
+
+    def handle(ack: Ack, body: dict, respond: Respond) -> None:
         ack()
         request_id = _request_id(body)
         try:
-            service.approve(request_id, body["user"]["id"])
+            act(request_id, body["user"]["id"])
         except Refused as exc:
             _refuse(respond, request_id, exc)
+
+    handle.__name__ = handle.__qualname__ = f"handle_{subject}_action"
+    return handle
+
+
+def register(app: App, service: BreakglassService) -> None:
+    app.action(ActionId.APPROVE)(_on_click("approve", service.approve))
+    app.action(ActionId.REVOKE)(_on_click("revoke", service.revoke))
 
     @app.action(ActionId.DENY)
     def handle_deny_action(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
@@ -62,12 +72,3 @@ def register(app: App, service: BreakglassService) -> None:
             trigger_id=body["trigger_id"],
             view=blocks.reveal_modal(service.card(request_id), payload),
         )
-
-    @app.action(ActionId.REVOKE)
-    def handle_revoke_action(ack: Ack, body: dict, respond: Respond) -> None:
-        ack()
-        request_id = _request_id(body)
-        try:
-            service.revoke(request_id, body["user"]["id"])
-        except Refused as exc:
-            _refuse(respond, request_id, exc)
