@@ -28,6 +28,7 @@ from bot.workflow import (
     check_decider,
     check_duration,
     check_revoker,
+    describe_state,
     quorum_reached,
     transition,
 )
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 SYSTEM = "breakglass"  # the actor of timer-driven events
 CREDENTIAL_MESSAGE_EVENTS = frozenset({Event.REVEALED, Event.REVOKED, Event.EXPIRED})
 ISSUE_INTERRUPTED_AFTER = timedelta(minutes=5)
+OPEN_STATES = (State.PENDING.value, State.APPROVED.value, State.ACTIVE.value)
 DONE_KEYS = {"expire": "expired", "timeout": "timed_out", "interrupted": "interrupted"}
 MIN_JUSTIFICATION = 15
 
@@ -271,6 +273,35 @@ class BreakglassService:
             self._safe(self.notifier.update_credential, card)
         return card
 
+    def form_errors(self, requester: str, form: RequestForm) -> dict[str, str]:
+        """Inline errors for the request modal: the form itself, then what is already open."""
+        _, errors = check_form(self.policy, form)
+        if not errors:
+            with self.store.read() as s:
+                open_one = self._open_request(s, requester, form.resource or "")
+            if open_one is not None:
+                errors["resource"] = self._already_open(open_one)
+        return errors
+
+    @staticmethod
+    def _open_request(s: Session, requester: str, resource: str) -> AccessRequest | None:
+        """The requester's request for `resource` that is pending or active, if any."""
+        return s.exec(
+            select(AccessRequest).where(
+                AccessRequest.requester == requester,
+                AccessRequest.resource == resource,
+                AccessRequest.state.in_(OPEN_STATES),  # type: ignore[attr-defined]
+            )
+        ).first()
+
+    @staticmethod
+    def _already_open(req: AccessRequest) -> str:
+        verb = "revoke" if req.state == State.ACTIVE else "cancel"
+        return (
+            f"You already have request #{req.id} for this ({describe_state(State(req.state))}); "
+            f"use it, or `/breakglass {verb} {req.id}` first."
+        )
+
     def submit(self, requester: str, form: RequestForm) -> AccessRequest:
         """Record a request; emergency requests are granted at once."""
         valid, errors = check_form(self.policy, form)
@@ -278,6 +309,10 @@ class BreakglassService:
             raise Refused("; ".join(errors.values()))
         now = self.clock()
         with self.store.transaction() as s:
+            # One open request per person and resource: credentials do not pile up.
+            open_one = self._open_request(s, requester, valid.resource)
+            if open_one is not None:
+                raise Refused(self._already_open(open_one))
             req = AccessRequest(
                 requester=requester,
                 resource=valid.resource,

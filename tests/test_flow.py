@@ -115,6 +115,25 @@ def test_submit_records_request_and_posts_card_with_buttons(bot, slack):
     assert any("waiting for approval" in t for t in pending)
 
 
+def test_one_open_request_per_person_and_resource(bot, slack):
+    first = request_access(bot, slack)
+    rid = request_id_of(first)
+    view = open_modal(bot, slack)
+    again = bot.driver.submit_view(REQUESTER, view, request_values("prod-db", "30m", "x" * 40))
+    assert again.json()["response_action"] == "errors"
+    assert f"/breakglass cancel {rid}" in again.json()["errors"][BlockId.RESOURCE]
+    assert count_rows(bot, AccessRequest) == 1
+    click(bot, APPROVER, first, ActionId.APPROVE)
+    again = bot.driver.submit_view(REQUESTER, view, request_values("prod-db", "30m", "x" * 40))
+    assert f"/breakglass revoke {rid}" in again.json()["errors"][BlockId.RESOURCE]
+    # Another resource, or another person, is fine; so is asking again once it ended.
+    request_access(bot, slack, resource="prod-db-two-keys", duration="10m")
+    request_access(bot, slack, user=OUTSIDER)
+    click(bot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    request_access(bot, slack)
+    assert count_rows(bot, AccessRequest) == 4
+
+
 def test_justification_cannot_ping_the_channel(bot, slack):
     parent = request_access(bot, slack, justification="<!channel> please <@U0BOB> it is down!!")
     assert "<!channel>" not in str(parent.blocks)
@@ -124,11 +143,16 @@ def test_justification_cannot_ping_the_channel(bot, slack):
 # ---- 3. approve and deny ----------------------------------------------------------------------
 
 
-def test_requester_cannot_approve_own_request(bot, slack):
+def test_requester_cannot_approve_own_request(bot, slack, all_logs):
     parent = request_access(bot, slack)
     click(bot, REQUESTER, parent, ActionId.APPROVE)
     assert request_row(bot, request_id_of(parent)).state == State.PENDING
     assert any("own request" in t for t in slack.ephemerals(REQUESTER))
+    assert any(
+        f"refused breakglass.grant.approve on request {request_id_of(parent)} by {REQUESTER}"
+        in r.getMessage()
+        for r in all_logs.records
+    ), "the attempt is in the log"
     assert count_rows(bot, Grant) == 0
 
 
@@ -442,7 +466,13 @@ def test_audit_export_writes_the_chain_as_json_lines(
 ):
     first = request_access(bot, slack)
     click(bot, APPROVER, first, ActionId.APPROVE)
-    second = request_access(bot, slack, justification="Another incident, another reason.")
+    second = request_access(
+        bot,
+        slack,
+        resource="prod-db-two-keys",
+        duration="10m",
+        justification="Another incident, another reason.",
+    )
     from bot.cli import main
 
     monkeypatch.setenv("DATABASE_URL", database_url)

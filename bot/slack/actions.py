@@ -20,7 +20,10 @@ def _request_id(body: dict) -> int:
     return int(body["actions"][0]["value"])
 
 
-def _refuse(respond: Respond, request_id: int, exc: Refused) -> None:
+def _refuse(respond: Respond, body: dict, request_id: int, exc: Refused) -> None:
+    # Refusals change nothing, so they are no audit event; the log keeps who tried what.
+    action = body["actions"][0]["action_id"]
+    log.info("refused %s on request %s by %s: %s", action, request_id, body["user"]["id"], exc)
     respond(
         text=f"Request #{request_id}: {exc}.", response_type="ephemeral", replace_original=False
     )
@@ -35,7 +38,7 @@ def _on_click(subject: str, act: Callable[[int, str], object]) -> Callable[..., 
         try:
             act(request_id, body["user"]["id"])
         except Refused as exc:
-            _refuse(respond, request_id, exc)
+            _refuse(respond, body, request_id, exc)
 
     handle.__name__ = handle.__qualname__ = f"handle_{subject}_action"
     return handle
@@ -52,7 +55,7 @@ def register(app: App, service: BreakglassService) -> None:
         try:
             service.check_can_decide(request_id, body["user"]["id"])
         except Refused as exc:
-            _refuse(respond, request_id, exc)
+            _refuse(respond, body, request_id, exc)
             return
         client.views_open(trigger_id=body["trigger_id"], view=blocks.deny_modal(request_id))
 
@@ -66,7 +69,7 @@ def register(app: App, service: BreakglassService) -> None:
                 raise Refused("this message no longer holds a credential")
             payload = service.reveal(request_id, body["user"]["id"], token)
         except Refused as exc:
-            _refuse(respond, request_id, exc)
+            _refuse(respond, body, request_id, exc)
             return
         client.views_open(
             trigger_id=body["trigger_id"],

@@ -44,6 +44,9 @@ def register(app: App, service: BreakglassService) -> None:
                 act(service, request_id, command["user_id"])
                 respond(text=f"Request #{request_id} {done}.", response_type="ephemeral")
             except Refused as exc:
+                log.info(
+                    "refused %s of request %s by %s: %s", verb, request_id, command["user_id"], exc
+                )
                 respond(text=f"Cannot {verb} #{request_id}: {exc}.", response_type="ephemeral")
         elif verb == "help":
             ack(blocks.help_text(service.policy))

@@ -8,7 +8,7 @@ import logging
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from bot.service import BreakglassService, RequestForm, check_form
+from bot.service import BreakglassService, RequestForm
 from bot.slack import blocks
 from bot.slack.ids import FIELD_BLOCKS, ActionId, BlockId, ViewId
 from bot.workflow import Refused
@@ -21,7 +21,7 @@ def register(app: App, service: BreakglassService) -> None:
     def handle_request_submission(ack: Ack, body: dict, view: dict, client: WebClient) -> None:
         user = body["user"]["id"]
         form = RequestForm(**blocks.read_request_form(view["state"]["values"]))
-        _, errors = check_form(service.policy, form)
+        errors = service.form_errors(user, form)
         if errors:
             ack(
                 response_action="errors",
