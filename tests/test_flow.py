@@ -657,3 +657,41 @@ def test_issue_interrupted_by_a_crash_is_failed_by_the_sweep(bot, slack, clock):
     assert request_row(bot, rid).state == State.FAILED
     assert any("interrupted" in m.text for m in slack.dms(REQUESTER))
     assert "Failed to issue" in str(current(slack, parent).blocks)
+
+
+def test_two_replicas_sweeping_at_once_end_a_grant_once(
+    bot, slack, backends, clock, database_url, tmp_path
+):
+    from bot.sandbox.stack import start_bot
+
+    parent = request_access(bot, slack, duration="5m")
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    other = start_bot(backends, slack, database_url, clock=clock, workdir=tmp_path)
+    try:
+        clock.advance(timedelta(minutes=5))
+        barrier = threading.Barrier(2)
+        results = []
+
+        def sweep(replica) -> None:
+            barrier.wait()
+            results.append(replica.service.sweep())
+
+        threads = [threading.Thread(target=sweep, args=(b,)) for b in (bot, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(r["expired"] for r in results) == [0, 1]
+        assert all(r["failed"] == 0 for r in results)
+        with bot.runtime.store.read() as s:
+            ends = s.exec(select(AuditEvent).where(AuditEvent.action == "expired")).all()
+            assert len(ends) == 1
+            from bot import audit
+
+            assert audit.verify(s).ok
+        assert request_row(bot, rid).state == State.EXPIRED
+        assert not backends.pg.can_login(user, password)
+    finally:
+        other.stop()
