@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 
 from sqlmodel import select
 
@@ -13,6 +14,19 @@ from bot.slack.ids import ActionId, BlockId
 from bot.store import AccessRequest
 
 JUSTIFICATION = "Checkout is down: orders table locked, need to kill the blocking session."
+
+
+def wait_for(produce, timeout: float = 15.0):
+    """The first truthy value `produce()` returns, polling until `timeout`; for work the bot
+    does after its ack (the production configuration). Fails the test on time-out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = produce()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing came within {timeout} s")
+        time.sleep(0.02)
 
 
 def open_modal(bot: Bot, slack: FakeSlack, user: str = REQUESTER) -> dict:

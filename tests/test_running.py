@@ -17,8 +17,17 @@ import yaml
 
 from bot import migrate
 from bot.cli import main
-from bot.sandbox.stack import POLICY, REQUESTER, ServeProcess
+from bot.sandbox.slack_fake import request_values
+from bot.sandbox.stack import (
+    APPROVER,
+    POLICY,
+    REQUESTER,
+    SECURITY_CHANNEL,
+    ServeProcess,
+)
+from bot.slack.ids import ActionId
 from bot.store import create_db_engine
+from tests.helpers import JUSTIFICATION, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT.parent / "shared" / "slack" / "manifest.schema.1.0.0.json"
@@ -119,12 +128,42 @@ def test_serve_answers_signed_requests_over_http(backends, slack, tmp_path):
         driver = served.driver
         assert "/breakglass revoke" in driver.command(REQUESTER, "help").text
         assert driver.command(REQUESTER, "help", signature="v0=bad").status_code == 401
-        assert driver.command(REQUESTER).status_code == 200
-        deadline = time.monotonic() + 10  # the modal opens after the ack
-        while not slack.views_opened() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert slack.views_opened()[0]["callback_id"] == "breakglass.request.submit"
         assert migrate.pending(create_db_engine(served.database_url)) == [], "migrated at start"
+        # The whole flow in the production configuration: listeners run after the ack.
+        assert driver.command(REQUESTER).status_code == 200
+        modal = wait_for(lambda: slack.views_opened()[-1] if slack.views_opened() else None)
+        assert modal["callback_id"] == "breakglass.request.submit"
+        r = driver.submit_view(REQUESTER, modal, request_values("prod-db", "15m", JUSTIFICATION))
+        assert r.status_code == 200 and r.text == ""
+        parent = wait_for(
+            lambda: next(
+                iter(m for m in slack.channel_messages(SECURITY_CHANNEL) if m.thread_ts is None),
+                None,
+            )
+        )
+        assert driver.click(APPROVER, parent, ActionId.APPROVE).status_code == 200
+        dm = wait_for(
+            lambda: next(
+                iter(m for m in slack.dms(REQUESTER) if "vault unwrap" in str(m.blocks)), None
+            )
+        )
+        opened = len(slack.views_opened())
+        assert driver.click(REQUESTER, dm, ActionId.REVEAL).status_code == 200
+        creds = wait_for(
+            lambda: slack.views_opened()[-1] if len(slack.views_opened()) > opened else None
+        )
+        fields = dict(
+            line.split(": ", 1)
+            for line in str(creds["blocks"][1]["text"]["text"]).strip("`").splitlines()
+        )
+        assert backends.pg.can_login(fields["username"], fields["password"])
+        assert driver.click(REQUESTER, dm, ActionId.REVOKE).status_code == 200
+        wait_for(lambda: not backends.pg.can_login(fields["username"], fields["password"]))
+        wait_for(
+            lambda: (
+                "Revoked by" in " ".join(m.text for m in slack.thread(SECURITY_CHANNEL, parent.ts))
+            )
+        )
     finally:
         served.stop()
 
