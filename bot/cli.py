@@ -94,15 +94,20 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bot.policy import PolicyError
+    from bot.policy import PolicyError, load_policy
     from bot.server import serve
 
     settings = _settings()
-    problems = settings.problems(serving=True)
+    problems = [f"environment: {p}" for p in settings.problems(serving=True)]
+    try:
+        # Checked here, before any server starts: a broken file gets its lines, no trace.
+        policy = load_policy(settings.breakglass_config)
+    except PolicyError as exc:
+        problems.extend(str(p) for p in exc.problems)
     if problems:
         for p in problems:
-            print(f"environment: {p}", file=sys.stderr)
-        print("run `breakglass check-config` for the whole list", file=sys.stderr)
+            print(p, file=sys.stderr)
+        print(f"{len(problems)} problem(s); nothing was started.", file=sys.stderr)
         return 1
     if args.no_migrate:
         from bot import migrate
@@ -116,17 +121,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-    try:
-        return serve(
-            settings,
-            port=args.port,
-            host=args.host,
-            migrate_db=not args.no_migrate,
-            threads=args.threads,
-        )
-    except PolicyError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    return serve(
+        settings,
+        policy,
+        port=args.port,
+        host=args.host,
+        migrate_db=not args.no_migrate,
+        threads=args.threads,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import signal
 
 from gunicorn.app.base import BaseApplication
 
+from bot.policy import Policy
 from bot.runtime import build
 from bot.settings import Settings
 
@@ -16,8 +17,9 @@ log = logging.getLogger(__name__)
 class _Gunicorn(BaseApplication):
     """One worker process with many threads: the scheduler lives in exactly one process."""
 
-    def __init__(self, settings: Settings, options: dict, migrate_db: bool):
+    def __init__(self, settings: Settings, policy: Policy, options: dict, migrate_db: bool):
         self.settings = settings
+        self.policy = policy
         self.options = options
         self.migrate_db = migrate_db
         super().__init__()
@@ -27,16 +29,18 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):  # type: ignore[no-untyped-def]
-        runtime = build(self.settings, migrate_db=self.migrate_db)
+        runtime = build(self.settings, policy=self.policy, migrate_db=self.migrate_db)
         runtime.start()
         return runtime.web
 
 
-def serve(settings: Settings, *, port: int, host: str, migrate_db: bool, threads: int) -> int:
+def serve(
+    settings: Settings, policy: Policy, *, port: int, host: str, migrate_db: bool, threads: int
+) -> int:
     if settings.socket_mode:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-        runtime = build(settings, migrate_db=migrate_db)
+        runtime = build(settings, policy=policy, migrate_db=migrate_db)
         runtime.start()
 
         def stop(*_: object) -> None:
@@ -58,5 +62,5 @@ def serve(settings: Settings, *, port: int, host: str, migrate_db: bool, threads
         "accesslog": "-",
         "preload_app": False,
     }
-    _Gunicorn(settings, options, migrate_db).run()
+    _Gunicorn(settings, policy, options, migrate_db).run()
     return 0

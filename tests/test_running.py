@@ -204,6 +204,15 @@ def test_serve_refuses_to_start_without_configuration(tmp_path):
     assert "SLACK_BOT_TOKEN is not set" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_serve_refuses_a_broken_policy_with_its_lines(env, capsys):
+    env.write_text(POLICY.replace("approvals: 2", "approvals: 7"))
+    assert main(["serve"]) == 1
+    err = capsys.readouterr().err
+    line = next(i for i, ln in enumerate(env.read_text().splitlines(), 1) if "approvals: 7" in ln)
+    assert f"{env}:{line}: resources.prod-db-two-keys.approvals: needs 7 distinct" in err
+    assert "nothing was started" in err and "Traceback" not in err
+
+
 def test_serve_no_migrate_refuses_an_unmigrated_database(env, capsys):
     assert main(["serve", "--no-migrate"]) == 1
     assert "breakglass migrate" in capsys.readouterr().err
