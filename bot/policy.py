@@ -39,6 +39,8 @@ class Resource(BaseModel):
     approvals: int = Field(default=1, ge=1)
     approvers: list[str] = Field(min_length=1)
     emergency: bool = False
+    # Groups (from `approvers:`) whose members may ask for it; absent: anyone in Slack.
+    requesters: list[str] | None = None
 
 
 class Policy(BaseModel):
@@ -53,6 +55,18 @@ class Policy(BaseModel):
     approval_timeout: Duration = timedelta(minutes=30)
     # Life of the single-use wrapping token handed to the requester.
     wrap_ttl: Duration = timedelta(minutes=10)
+
+    def may_request(self, user: str, resource: str) -> bool:
+        res = self.resources.get(resource)
+        if res is None:
+            return False
+        if res.requesters is None:
+            return True
+        return any(user in self.approvers.get(group, []) for group in res.requesters)
+
+    def requestable(self, user: str) -> list[str]:
+        """The resources `user` may ask for, by name."""
+        return sorted(name for name in self.resources if self.may_request(user, name))
 
     def approver_ids(self, resource: str) -> set[str]:
         """Every Slack user who may decide on `resource`."""
@@ -210,6 +224,9 @@ def _cross_checks(policy: Policy) -> list[tuple[tuple, str]]:
         for i, group in enumerate(res.approvers):
             if group not in policy.approvers:
                 found.append(((*base, "approvers", i), f"no approver group named {group!r}"))
+        for i, group in enumerate(res.requesters or []):
+            if group not in policy.approvers:
+                found.append(((*base, "requesters", i), f"no group named {group!r}"))
         people = policy.approver_ids(name)
         if people and res.approvals > len(people):
             found.append(

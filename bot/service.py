@@ -276,6 +276,10 @@ class BreakglassService:
     def form_errors(self, requester: str, form: RequestForm) -> dict[str, str]:
         """Inline errors for the request modal: the form itself, then what is already open."""
         _, errors = check_form(self.policy, form)
+        if form.resource in self.policy.resources and not self.policy.may_request(
+            requester, form.resource
+        ):
+            errors["resource"] = "You are not among those who may ask for this resource."
         if not errors:
             with self.store.read() as s:
                 open_one = self._open_request(s, requester, form.resource or "")
@@ -307,6 +311,8 @@ class BreakglassService:
         valid, errors = check_form(self.policy, form)
         if valid is None:
             raise Refused("; ".join(errors.values()))
+        if not self.policy.may_request(requester, valid.resource):
+            raise Refused("you are not among those who may ask for this resource")
         now = self.clock()
         with self.store.transaction() as s:
             # One open request per person and resource: credentials do not pile up.

@@ -695,3 +695,41 @@ def test_two_replicas_sweeping_at_once_end_a_grant_once(
         assert not backends.pg.can_login(user, password)
     finally:
         other.stop()
+
+
+def test_requesters_limit_who_may_ask(backends, slack, clock, database_url, tmp_path):
+    from bot.sandbox.stack import POLICY, start_bot
+
+    policy = POLICY.replace(
+        "  security: [U0CAROL]\n", "  security: [U0CAROL]\n  oncall: [U0ALICE]\n"
+    ).replace("    emergency: true\n", "    emergency: true\n    requesters: [oncall]\n")
+    limited = start_bot(
+        backends, slack, database_url, policy_text=policy, clock=clock, workdir=tmp_path
+    )
+    try:
+        # Alice (on call) sees prod-db; Mallory sees only the resource open to anyone.
+        alice_view = open_modal(limited, slack, REQUESTER)
+        options = [
+            o["value"]
+            for b in alice_view["blocks"]
+            if b["block_id"] == BlockId.RESOURCE
+            for o in b["element"]["options"]
+        ]
+        assert options == ["prod-db", "prod-db-two-keys"]
+        mallory_view = open_modal(limited, slack, OUTSIDER)
+        options = [
+            o["value"]
+            for b in mallory_view["blocks"]
+            if b["block_id"] == BlockId.RESOURCE
+            for o in b["element"]["options"]
+        ]
+        assert options == ["prod-db-two-keys"]
+        # A submission naming prod-db anyway (a stale or crafted form) is refused inline.
+        r = limited.driver.submit_view(
+            OUTSIDER, alice_view, request_values("prod-db", "30m", "x" * 40)
+        )
+        assert "not among those who may ask" in r.json()["errors"][BlockId.RESOURCE]
+        with limited.runtime.store.read() as s:
+            assert s.exec(select(AccessRequest)).first() is None
+    finally:
+        limited.stop()

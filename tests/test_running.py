@@ -82,6 +82,18 @@ def test_check_config_names_every_problem_with_its_line(env, capsys, monkeypatch
     assert "Traceback" not in err
 
 
+def test_check_config_checks_requester_groups(env, capsys):
+    env.write_text(
+        POLICY.replace("    emergency: true\n", "    emergency: true\n    requesters: [on-call]\n")
+    )
+    assert main(["check-config"]) == 1
+    line = next(i for i, ln in enumerate(env.read_text().splitlines(), 1) if "on-call" in ln)
+    assert (
+        f"{env}:{line}: resources.prod-db.requesters.0: no group named 'on-call'"
+        in capsys.readouterr().err
+    )
+
+
 def test_check_config_missing_file(env, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("BREAKGLASS_CONFIG", str(tmp_path / "nope.yml"))
     assert main(["check-config"]) == 1

@@ -75,19 +75,20 @@ STATE_BADGE = {
 # ---- the request modal ----------------------------------------------------------------
 
 
-def request_modal(policy: Policy) -> View:
+def request_modal(policy: Policy, user: str | None = None) -> View:
+    """The request form; with `user`, only the resources that person may ask for."""
+    allowed = set(policy.requestable(user)) if user else set(policy.resources)
+    resources = sorted((n, r) for n, r in policy.resources.items() if n in allowed)
     options = [
         Option(
             value=name,
             text=name[:75],
             description=(res.description or f"max {format_duration(res.max_duration)}")[:75],
         )
-        for name, res in sorted(policy.resources.items())
+        for name, res in resources
     ]
-    maxima = ", ".join(
-        f"{n}: {format_duration(r.max_duration)}" for n, r in sorted(policy.resources.items())
-    )
-    emergency_ok = sorted(n for n, r in policy.resources.items() if r.emergency)
+    maxima = ", ".join(f"{n}: {format_duration(r.max_duration)}" for n, r in resources)
+    emergency_ok = [n for n, r in resources if r.emergency]
     blocks: list[Any] = [
         InputBlock(
             block_id=BlockId.RESOURCE,

@@ -29,9 +29,16 @@ def register(app: App, service: BreakglassService) -> None:
         words = (command.get("text") or "").split()
         verb = words[0].lower() if words else ""
         if verb == "":
+            user = command["user_id"]
+            if not service.policy.requestable(user):
+                ack(
+                    "No resource in the break-glass policy lists you among its requesters; "
+                    "ask the security team if you need one."
+                )
+                return
             ack()  # first: the trigger id lives 3 s
             client.views_open(
-                trigger_id=command["trigger_id"], view=blocks.request_modal(service.policy)
+                trigger_id=command["trigger_id"], view=blocks.request_modal(service.policy, user)
             )
         elif verb in ON_ONE_REQUEST:
             if len(words) != 2 or not words[1].lstrip("#").isdigit():
