@@ -190,10 +190,14 @@ class BreakglassService:
 
     # ---- reading ----------------------------------------------------------------------
 
-    def card(self, request_id: int, session: Session | None = None) -> Card:
+    def card(
+        self, request_id: int, session: Session | None = None, event: Event | None = None
+    ) -> Card:
+        """What messages about the request show; with `event`, also the latest audit event
+        of that kind, for the thread reply that reports it."""
         if session is None:
             with self.store.read() as s:
-                return self.card(request_id, s)
+                return self.card(request_id, s, event)
         req = session.get(AccessRequest, request_id)
         if req is None:
             raise NotFound(f"there is no request #{request_id}")
@@ -215,6 +219,13 @@ class BreakglassService:
             denied_by=denial.approver if denial else None,
             deny_reason=denial.reason if denial else None,
             grant=grant,
+            event=None
+            if event is None
+            else session.exec(
+                select(AuditEvent)
+                .where(AuditEvent.request_id == request_id, AuditEvent.action == event.value)
+                .order_by(AuditEvent.seq.desc())  # type: ignore[union-attr]
+            ).first(),
         )
 
     # ---- transitions --------------------------------------------------------------------
@@ -257,13 +268,7 @@ class BreakglassService:
 
     def _after(self, request_id: int, event: Event, actor: str, note: str = "") -> Card:
         """Tell the thread and refresh the card; a Slack failure is logged, never raised."""
-        card = self.card(request_id)
-        with self.store.read() as s:
-            card.event = s.exec(
-                select(AuditEvent)
-                .where(AuditEvent.request_id == request_id, AuditEvent.action == event.value)
-                .order_by(AuditEvent.seq.desc())  # type: ignore[union-attr]
-            ).first()
+        card = self.card(request_id, event=event)
         try:
             self.notifier.record(card, event, actor, note)
         except Exception:

@@ -105,7 +105,7 @@ class VaultBackend:
                     renewed = child.sys.renew_lease(lease_id, increment=lifetime)
                 # The role's max_ttl may cap the lease below what was asked.
                 lifetime = min(lifetime, int(renewed["lease_duration"]))
-            wrap_seconds = int(min(spec.wrap_ttl, spec.duration).total_seconds())
+            wrap_seconds = min(int(spec.wrap_ttl.total_seconds()), lifetime)
             with vault_errors("sys/wrapping/wrap"):
                 wrapped = child.sys.wrap(payload=payload, ttl=wrap_seconds)["wrap_info"]
         except Exception:

@@ -25,6 +25,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(process: subprocess.Popen, url: str, what: str, timeout: float) -> None:
+    """Return once `url` answers 200; RuntimeError (with the process's stderr, if piped)
+    when the process exits first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            err = process.stderr.read().decode() if process.stderr else ""
+            raise RuntimeError(f"{what} exited with {process.returncode} at start\n{err}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer {url} in time")
+
+
 def bao_binary() -> str:
     """The `bao` binary: next to this interpreter (a venv) first, then PATH."""
     local = Path(sys.executable).parent / "bao"
@@ -61,19 +78,12 @@ class OpenBaoServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"OpenBao exited with {self.process.returncode} at start")
-            try:
-                r = requests.get(f"{self.addr}/v1/sys/health", timeout=1)
-                if r.status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("OpenBao did not become healthy in time")
+        try:
+            wait_until_serving(self.process, f"{self.addr}/v1/sys/health", "OpenBao", timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

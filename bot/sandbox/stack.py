@@ -11,18 +11,22 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import requests
 from werkzeug.serving import make_server
 
 from bot.policy import Policy, parse_policy
 from bot.runtime import Runtime, build
-from bot.sandbox.openbao import OpenBaoServer, bot_token, configure_database_engine, free_port
+from bot.sandbox.openbao import (
+    OpenBaoServer,
+    bot_token,
+    configure_database_engine,
+    free_port,
+    wait_until_serving,
+)
 from bot.sandbox.postgres import EmbeddedPostgres
 from bot.sandbox.slack_fake import FakeSlack, SlackDriver
 from bot.service import utcnow
@@ -213,18 +217,12 @@ class ServeProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"breakglass serve exited at start:\n{err}")
-            try:
-                requests.get(f"{self.url}/healthz", timeout=1)
-                return self
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("breakglass serve did not answer /healthz in time")
+        try:
+            wait_until_serving(self.process, f"{self.url}/healthz", "breakglass serve", timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

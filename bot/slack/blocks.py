@@ -78,7 +78,9 @@ STATE_BADGE = {
 def request_modal(policy: Policy, user: str | None = None) -> View:
     """The request form; with `user`, only the resources that person may ask for."""
     allowed = set(policy.requestable(user)) if user else set(policy.resources)
-    resources = sorted((n, r) for n, r in policy.resources.items() if n in allowed)
+    resources = sorted(
+        ((n, r) for n, r in policy.resources.items() if n in allowed), key=lambda item: item[0]
+    )
     options = [
         Option(
             value=name,
