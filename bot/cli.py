@@ -67,8 +67,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from bot import audit
-    from bot.store import Store, create_db_engine
+    from bot.store import Store, audit, create_db_engine
 
     store = Store(create_db_engine(_settings().database_url))
     with store.read() as s:
@@ -78,8 +77,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from bot import audit
-    from bot.store import Store, create_db_engine
+    from bot.store import Store, audit, create_db_engine
 
     store = Store(create_db_engine(_settings().database_url))
     out = open(args.output, "w") if args.output else sys.stdout

@@ -113,7 +113,7 @@ def run_demo() -> int:
                 _say(f"  {line}")
         _say("  (shown once; Slack keeps no history of modals and the bot stored nothing)")
         with bot.runtime.store.read() as s:
-            from bot import audit
+            from bot.store import audit
 
             result = audit.verify(s)
         _say(f"\nAudit: {result}")

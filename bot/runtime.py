@@ -15,11 +15,12 @@ from slack_sdk import WebClient
 from bot import migrate
 from bot.policy import Policy, load_policy
 from bot.scheduler import Scheduler
-from bot.service import BreakglassService, utcnow
 from bot.settings import Settings
 from bot.slack.app import create_app, create_web_app
 from bot.slack.notifier import SlackNotifier
 from bot.store import Store, create_db_engine
+from bot.usecases import Breakglass
+from bot.usecases.ports import utcnow
 from providers import VaultBackend
 from providers.vault import vault_client_from_env
 
@@ -46,7 +47,7 @@ class Runtime:
     policy: Policy
     store: Store
     backend: VaultBackend
-    service: BreakglassService
+    service: Breakglass
     scheduler: Scheduler
     app: App
     web: Flask
@@ -95,7 +96,7 @@ def build(
     client = WebClient(token=bot_token, base_url=settings.slack_base_url() or WebClient.BASE_URL)
     notifier = SlackNotifier(client, policy.security_channel, settings.vault_addr)
     scheduler = Scheduler(sweep_interval)
-    service = BreakglassService(store, policy, backend, notifier, timers=scheduler, clock=clock)
+    service = Breakglass(store, policy, backend, notifier, timers=scheduler, clock=clock)
     scheduler.bind(service)
     secret = settings.slack_signing_secret
     app = create_app(

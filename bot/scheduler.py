@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from bot.service import BreakglassService
+from bot.usecases import Breakglass
 from providers import ProviderError
 
 log = logging.getLogger(__name__)
@@ -32,15 +32,15 @@ class Scheduler:
             timezone="UTC",
         )
         self.sweep_interval = sweep_interval
-        self.service: BreakglassService | None = None
+        self.service: Breakglass | None = None
 
-    def bind(self, service: BreakglassService) -> None:
+    def bind(self, service: Breakglass) -> None:
         self.service = service
 
     def at(self, kind: str, request_id: int, when: datetime) -> None:
         assert self.service is not None, "bind() the service first"
         self.scheduler.add_job(
-            self.service.run_deadline,
+            self.service.deadlines.run,
             "date",
             run_date=when,
             args=[kind, request_id],
@@ -59,13 +59,13 @@ class Scheduler:
         """Act on what is overdue, then schedule every future deadline and the sweep."""
         assert self.service is not None, "bind() the service first"
         self.scheduler.start()
-        done = self.service.sweep()
+        done = self.service.deadlines.sweep()
         if any(done.values()):
             log.info("startup sweep: %s", done)
-        for kind, request_id, when in self.service.deadlines():
+        for kind, request_id, when in self.service.deadlines.pending():
             self.at(kind, request_id, when)
         self.scheduler.add_job(
-            self.service.sweep,
+            self.service.deadlines.sweep,
             "interval",
             seconds=self.sweep_interval.total_seconds(),
             id="sweep",

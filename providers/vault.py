@@ -12,7 +12,7 @@ import hvac
 import hvac.exceptions as hx
 import requests
 
-from bot.durations import vault_ttl
+from bot.domain.durations import vault_ttl
 from providers.base import GrantSpec, IssuedCredential, ProviderError, WrapTokenInvalid
 
 log = logging.getLogger(__name__)

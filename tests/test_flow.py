@@ -10,14 +10,15 @@ import time
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import text
 from sqlmodel import select
 
+from bot.domain.workflow import State
 from bot.sandbox.slack_fake import request_values
 from bot.sandbox.stack import APPROVER, APPROVER_2, OUTSIDER, REQUESTER, SECURITY_CHANNEL
 from bot.slack.ids import ActionId, BlockId, ViewId
 from bot.store import AccessRequest, AuditEvent, Grant
-from bot.workflow import State
 from tests.helpers import (
     click,
     credential_dm,
@@ -310,7 +311,7 @@ def test_unwrapped_by_someone_else_is_a_tamper_alert_and_revokes(bot, slack, bac
     parent = request_access(bot, slack)
     rid = request_id_of(parent)
     click(bot, APPROVER, parent, ActionId.APPROVE)
-    from bot.slack.blocks import wrapped_token_from
+    from bot.slack.credential.blocks import wrapped_token_from
 
     token = wrapped_token_from({"blocks": credential_dm(slack).blocks})
     stolen = backends.bao.client(token).sys.unwrap()["data"]
@@ -325,7 +326,7 @@ def test_unwrapped_by_someone_else_is_a_tamper_alert_and_revokes(bot, slack, bac
 def test_secret_never_reaches_channels_logs_or_database(bot, slack, all_logs):
     parent = request_access(bot, slack)
     click(bot, APPROVER, parent, ActionId.APPROVE)
-    from bot.slack.blocks import wrapped_token_from
+    from bot.slack.credential.blocks import wrapped_token_from
 
     wrapping_token = wrapped_token_from({"blocks": credential_dm(slack).blocks})
     user, password = reveal(bot, slack)
@@ -525,9 +526,14 @@ def test_request_without_decision_times_out(bot, slack, clock):
     rid = request_id_of(parent)
     job = bot.runtime.scheduler.scheduler.get_job(f"timeout:{rid}")
     assert job is not None and job.next_run_time == request_row(bot, rid).timeout_at
-    assert bot.service.sweep() == {"expired": 0, "timed_out": 0, "interrupted": 0, "failed": 0}
+    assert bot.service.deadlines.sweep() == {
+        "expired": 0,
+        "timed_out": 0,
+        "interrupted": 0,
+        "failed": 0,
+    }
     clock.advance(timedelta(minutes=30))
-    assert bot.service.sweep()["timed_out"] == 1
+    assert bot.service.deadlines.sweep()["timed_out"] == 1
     assert request_row(bot, rid).state == State.TIMED_OUT
     assert any("timed out" in m.text for m in slack.dms(REQUESTER))
     assert "Timed out" in str(current(slack, parent).blocks)
@@ -539,7 +545,7 @@ def test_request_without_decision_times_out(bot, slack, clock):
 def test_credential_message_drops_the_spent_token_and_ends_with_the_grant(bot, slack):
     parent = request_access(bot, slack)
     click(bot, APPROVER, parent, ActionId.APPROVE)
-    from bot.slack.blocks import wrapped_token_from
+    from bot.slack.credential.blocks import wrapped_token_from
 
     token = wrapped_token_from({"blocks": credential_dm(slack).blocks})
     assert token
@@ -568,16 +574,31 @@ def test_the_bots_own_vault_token_is_renewed(bot, backends):
     assert backends.bao.client(backends.bot_token).auth.token.lookup_self()["data"]["ttl"] > 3600
 
 
-def test_unexpected_error_gets_a_reference_not_a_trace(bot, slack, all_logs):
+def test_a_button_value_that_is_no_request_id_gets_a_clear_answer(bot, slack):
     parent = request_access(bot, slack)
     for block in parent.blocks:
         for element in block.get("elements", []):
             if element.get("action_id") == ActionId.APPROVE:
                 element["value"] = "not-a-request-id"
-    bot.driver.click(APPROVER, parent, ActionId.APPROVE)
-    told = [m.text for m in slack.dms(APPROVER)]
+    r = bot.driver.click(APPROVER, parent, ActionId.APPROVE)
+    assert r.status_code == 200
+    assert any("is not a request id" in t for t in slack.ephemerals(APPROVER))
+    assert request_row(bot, request_id_of(parent)).state == State.PENDING
+
+
+def test_unexpected_error_gets_a_reference_not_a_trace(bot, slack, all_logs):
+    parent = request_access(bot, slack)
+    with bot.runtime.store.engine.begin() as c:  # a real fault: the database lost a table
+        c.execute(sa.text("ALTER TABLE decision RENAME TO decision_gone"))
+    try:
+        r = bot.driver.click(APPROVER, parent, ActionId.APPROVE)
+    finally:
+        with bot.runtime.store.engine.begin() as c:
+            c.execute(sa.text("ALTER TABLE decision_gone RENAME TO decision"))
+    assert r.status_code == 200
+    told = slack.ephemerals(APPROVER)
     assert len(told) == 1 and "Something went wrong on our side (ref `" in told[0]
-    assert "Traceback" not in told[0] and "ValueError" not in told[0]
+    assert "Traceback" not in told[0] and "Error" not in told[0]
     ref = told[0].split("`")[1]
     assert any(ref in r.getMessage() and r.exc_info for r in all_logs.records)
     assert request_row(bot, request_id_of(parent)).state == State.PENDING
@@ -651,9 +672,9 @@ def test_issue_interrupted_by_a_crash_is_failed_by_the_sweep(bot, slack, clock):
     # As if the process died between the approval and the credential: state "approved".
     with bot.runtime.store.transaction() as s:
         s.execute(text("UPDATE access_request SET state = 'approved' WHERE id = :id"), {"id": rid})
-    assert bot.service.sweep()["interrupted"] == 0, "not before it is clearly stuck"
+    assert bot.service.deadlines.sweep()["interrupted"] == 0, "not before it is clearly stuck"
     clock.advance(timedelta(minutes=6))
-    assert bot.service.sweep()["interrupted"] == 1
+    assert bot.service.deadlines.sweep()["interrupted"] == 1
     assert request_row(bot, rid).state == State.FAILED
     assert any("interrupted" in m.text for m in slack.dms(REQUESTER))
     assert "Failed to issue" in str(current(slack, parent).blocks)
@@ -676,7 +697,7 @@ def test_two_replicas_sweeping_at_once_end_a_grant_once(
 
         def sweep(replica) -> None:
             barrier.wait()
-            results.append(replica.service.sweep())
+            results.append(replica.service.deadlines.sweep())
 
         threads = [threading.Thread(target=sweep, args=(b,)) for b in (bot, other)]
         for t in threads:
@@ -688,7 +709,7 @@ def test_two_replicas_sweeping_at_once_end_a_grant_once(
         with bot.runtime.store.read() as s:
             ends = s.exec(select(AuditEvent).where(AuditEvent.action == "expired")).all()
             assert len(ends) == 1
-            from bot import audit
+            from bot.store import audit
 
             assert audit.verify(s).ok
         assert request_row(bot, rid).state == State.EXPIRED

@@ -14,15 +14,10 @@ import pytest
 from slack_sdk.models.views import View
 from sqlalchemy import text
 
-from bot import audit, migrate
-from bot.durations import DurationError, format_duration, parse_duration, vault_ttl
-from bot.policy import Policy, PolicyError, Problem, parse_policy
-from bot.sandbox.slack_fake import request_values
-from bot.service import Card, RequestForm, ValidRequest, check_form
-from bot.slack import blocks
-from bot.slack.ids import ActionId, BlockId
-from bot.store import AccessRequest, Grant, Store, create_db_engine
-from bot.workflow import (
+from bot import migrate
+from bot.domain.durations import DurationError, format_duration, parse_duration, vault_ttl
+from bot.domain.forms import RequestForm, ValidRequest, check_form
+from bot.domain.workflow import (
     TERMINAL,
     Event,
     Refused,
@@ -32,6 +27,15 @@ from bot.workflow import (
     quorum_reached,
     transition,
 )
+from bot.policy import Policy, PolicyError, Problem, parse_policy
+from bot.sandbox.slack_fake import request_values
+from bot.slack import format as fmt
+from bot.slack.approval import blocks as approval_blocks
+from bot.slack.credential import blocks as credential_blocks
+from bot.slack.ids import ActionId, BlockId
+from bot.slack.request import blocks as request_blocks
+from bot.store import AccessRequest, Grant, Store, audit, create_db_engine
+from bot.usecases.ports import Card
 
 # Verbatim from DESIGN.md: this minimal form must always load.
 MINIMAL_POLICY = """\
@@ -847,27 +851,27 @@ def all_texts(value: object) -> list[str]:
 
 
 def test_escape_defuses_mentions_and_links() -> None:
-    assert blocks.escape("<!channel> & <@U0AAA>") == "&lt;!channel&gt; &amp; &lt;@U0AAA&gt;"
-    assert blocks.escape("&lt;") == "&amp;lt;"
-    assert blocks.escape(None) == ""
-    assert blocks.escape("plain text") == "plain text"
+    assert fmt.escape("<!channel> & <@U0AAA>") == "&lt;!channel&gt; &amp; &lt;@U0AAA&gt;"
+    assert fmt.escape("&lt;") == "&amp;lt;"
+    assert fmt.escape(None) == ""
+    assert fmt.escape("plain text") == "plain text"
 
 
 def test_slack_date_token() -> None:
     unix = calendar.timegm((2024, 5, 6, 7, 8, 9))
-    assert blocks.slack_date(NOW) == (
+    assert fmt.slack_date(NOW) == (
         f"<!date^{unix}^{{date_short_pretty}} {{time}}|2024-05-06 07:08 UTC>"
     )
 
 
 def test_slack_date_fallback_is_utc_for_any_zone() -> None:
     local = NOW.astimezone(timezone(timedelta(hours=2)))
-    assert blocks.slack_date(local).endswith("|2024-05-06 07:08 UTC>")
+    assert fmt.slack_date(local).endswith("|2024-05-06 07:08 UTC>")
 
 
 def test_request_modal_is_valid_and_lists_resources() -> None:
     two = parse_policy(TWO_RESOURCES)
-    view = blocks.request_modal(two).to_dict()
+    view = request_blocks.request_modal(two).to_dict()
     assert view["type"] == "modal"
     assert view["callback_id"] == "breakglass.request.submit"
     by_id = {b["block_id"]: b for b in view["blocks"]}
@@ -882,14 +886,14 @@ def test_request_modal_is_valid_and_lists_resources() -> None:
 
 
 def test_request_modal_for_the_minimal_policy(policy: Policy) -> None:
-    view = blocks.request_modal(policy).to_dict()
+    view = request_blocks.request_modal(policy).to_dict()
     ids = [b["block_id"] for b in view["blocks"]]
     assert "breakglass.request.emergency" in ids
     View(**view).to_dict()  # survives a round trip through slack_sdk's checks
 
 
 def test_request_modal_has_no_emergency_box_when_nothing_allows_it() -> None:
-    view = blocks.request_modal(parse_policy(NO_EMERGENCY)).to_dict()
+    view = request_blocks.request_modal(parse_policy(NO_EMERGENCY)).to_dict()
     ids = [b["block_id"] for b in view["blocks"]]
     assert "breakglass.request.emergency" not in ids
     assert "breakglass.request.resource" in ids
@@ -899,7 +903,7 @@ def test_read_request_form_round_trip() -> None:
     values = json.loads(
         json.dumps(request_values("prod-db", "45m", JUSTIFICATION, "INC-1", emergency=True))
     )
-    assert blocks.read_request_form(values) == {
+    assert request_blocks.read_request_form({"state": {"values": values}}) == {
         "resource": "prod-db",
         "duration": "45m",
         "justification": JUSTIFICATION,
@@ -910,22 +914,22 @@ def test_read_request_form_round_trip() -> None:
 
 def test_read_request_form_with_nothing_chosen() -> None:
     values = json.loads(json.dumps(request_values(None, None, None)))
-    assert blocks.read_request_form(values) == {
+    assert request_blocks.read_request_form({"state": {"values": values}}) == {
         "resource": None,
         "duration": None,
         "justification": None,
         "ticket": None,
         "emergency": False,
     }
-    assert blocks.read_request_form({})["emergency"] is False
+    assert request_blocks.read_request_form({})["emergency"] is False
 
 
 @pytest.mark.parametrize("addr", [None, "https://vault.example:8200"])
 def test_wrapped_token_is_found_in_the_credential_message(policy: Policy, addr: str | None) -> None:
     card = make_card(policy, state=State.ACTIVE, grant=make_grant())
     token = "hvs.CAESIJ3kwrapped-token_01"
-    text_, message_blocks = blocks.credential_message(card, token, addr)
-    assert blocks.wrapped_token_from({"text": text_, "blocks": message_blocks}) == token
+    text_, message_blocks = credential_blocks.credential_message(card, token, addr)
+    assert credential_blocks.wrapped_token_from({"text": text_, "blocks": message_blocks}) == token
     buttons = [e for b in message_blocks if b["type"] == "actions" for e in b["elements"]]
     assert {b["action_id"] for b in buttons} == {ActionId.REVEAL, ActionId.REVOKE}
     assert all(b["value"] == "7" for b in buttons)
@@ -934,14 +938,14 @@ def test_wrapped_token_is_found_in_the_credential_message(policy: Policy, addr: 
 
 
 def test_no_wrapped_token_in_other_messages(policy: Policy) -> None:
-    _, message_blocks = blocks.approval_message(make_card(policy))
-    assert blocks.wrapped_token_from({"blocks": message_blocks}) is None
-    assert blocks.wrapped_token_from({}) is None
+    _, message_blocks = approval_blocks.approval_message(make_card(policy))
+    assert credential_blocks.wrapped_token_from({"blocks": message_blocks}) is None
+    assert credential_blocks.wrapped_token_from({}) is None
 
 
 def test_approval_message_for_a_pending_request(policy: Policy) -> None:
     card = make_card(policy, justification="DB down <!channel> & <@U0BBB> please")
-    text_, message_blocks = blocks.approval_message(card)
+    text_, message_blocks = approval_blocks.approval_message(card)
     assert text_ == (
         "Break-glass request #7: prod-db: waiting for approval (<@U0AAA> <@U0BBB> <@U0CCC>)"
     )
@@ -958,13 +962,13 @@ def test_approval_message_for_a_pending_request(policy: Policy) -> None:
 
 
 def test_approval_message_has_no_buttons_once_decided(policy: Policy) -> None:
-    _, message_blocks = blocks.approval_message(make_card(policy, state=State.DENIED))
+    _, message_blocks = approval_blocks.approval_message(make_card(policy, state=State.DENIED))
     assert not [b for b in message_blocks if b["type"] == "actions"]
 
 
 def test_approval_message_with_a_2000_char_justification(policy: Policy) -> None:
     card = make_card(policy, justification="x" * 2000, ticket="T" * 200)
-    _, message_blocks = blocks.approval_message(card)
+    _, message_blocks = approval_blocks.approval_message(card)
     sections = [b for b in message_blocks if b["type"] == "section"]
     assert sections
     assert all(len(b["text"]["text"]) <= 3000 for b in sections)
@@ -976,7 +980,9 @@ def test_approval_message_with_a_2000_char_escaped_justification(
     policy: Policy, justification: str
 ) -> None:
     assert len(justification) == 2000
-    _, message_blocks = blocks.approval_message(make_card(policy, justification=justification))
+    _, message_blocks = approval_blocks.approval_message(
+        make_card(policy, justification=justification)
+    )
     sections = [b for b in message_blocks if b["type"] == "section"]
     assert all(len(b["text"]["text"]) <= 3000 for b in sections)
 

@@ -12,12 +12,15 @@ import requests
 import responses
 from sqlmodel import select
 
-from bot import audit, migrate
+from bot import migrate
+from bot.domain.forms import RequestForm
+from bot.domain.notices import Notice
+from bot.domain.workflow import Event, Refused, State
 from bot.policy import parse_policy
 from bot.sandbox.stack import APPROVER, POLICY, REQUESTER
-from bot.service import BreakglassService, Card, RequestForm
-from bot.store import AuditEvent, Grant, Store, create_db_engine
-from bot.workflow import Event, Refused, State
+from bot.slack.notifier import notice_text
+from bot.store import AuditEvent, Grant, Store, audit, create_db_engine
+from bot.usecases import Breakglass, Card
 from providers import VaultBackend
 from tests.helpers import JUSTIFICATION, click, credential_dm, request_access, request_id_of
 
@@ -38,8 +41,8 @@ class RecordingNotifier:
     def record(self, card: Card, event: Event, actor: str, note: str = "") -> None:
         self.events.append((event, note))
 
-    def tell(self, user: str, text: str) -> None:
-        self.told.append((user, text))
+    def tell(self, user: str, notice: Notice) -> None:
+        self.told.append((user, notice_text(notice)))
 
     def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str]:
         self.delivered.append(wrapping_token)
@@ -48,21 +51,21 @@ class RecordingNotifier:
     def update_credential(self, card: Card) -> None:
         pass
 
-    def alert(self, card: Card, text: str) -> None:
-        self.events.append((Event.REVEAL_TAMPER, text))
+    def alert(self, card: Card | None, notice: Notice) -> None:
+        self.events.append((Event.REVEAL_TAMPER, notice_text(notice)))
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> BreakglassService:
+def service(tmp_path: Path) -> Breakglass:
     engine = create_db_engine(f"sqlite:///{tmp_path / 'faults.db'}")
     migrate.upgrade(engine)
     backend = VaultBackend(hvac.Client(url=VAULT, token="hvs.bot-token", timeout=2))
-    return BreakglassService(Store(engine), parse_policy(POLICY), backend, RecordingNotifier())
+    return Breakglass(Store(engine), parse_policy(POLICY), backend, RecordingNotifier())
 
 
-def submit_and_approve(service: BreakglassService) -> int:
-    req = service.submit(REQUESTER, RequestForm("prod-db", "30m", JUSTIFICATION, "INC-1"))
-    service.approve(req.id, APPROVER)
+def submit_and_approve(service: Breakglass) -> int:
+    req = service.requests.submit(REQUESTER, RequestForm("prod-db", "30m", JUSTIFICATION, "INC-1"))
+    service.requests.approve(req.id, APPROVER)
     return req.id
 
 
@@ -130,7 +133,7 @@ def test_revocation_while_vault_is_away_keeps_the_grant_active_for_a_retry(bot, 
     real = bot.runtime.backend.client
     bot.runtime.backend.client = hvac.Client(url="http://127.0.0.1:9", token="x", timeout=2)
     with pytest.raises(Refused, match="cannot reach Vault"):
-        bot.service.revoke(rid, REQUESTER)
+        bot.service.grants.revoke(rid, REQUESTER)
     assert bot.service.card(rid).state == State.ACTIVE
     with bot.runtime.store.read() as s:
         assert s.exec(select(AuditEvent).where(AuditEvent.action == "revoke_failed")).first()

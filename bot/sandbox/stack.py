@@ -29,8 +29,8 @@ from bot.sandbox.openbao import (
 )
 from bot.sandbox.postgres import EmbeddedPostgres
 from bot.sandbox.slack_fake import FakeSlack, SlackDriver
-from bot.service import utcnow
 from bot.settings import Settings
+from bot.usecases.ports import utcnow
 
 SECURITY_CHANNEL = "C0SECURITY"
 CAPPED_ROLE = "breakglass-capped"  # a Vault role whose max_ttl (5 min) is below the policy's

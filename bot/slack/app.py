@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
 
 from flask import Flask, jsonify, request
@@ -11,20 +10,23 @@ from slack_bolt import App
 from slack_bolt.adapter.flask import SlackRequestHandler
 from slack_sdk import WebClient
 
-from bot.service import BreakglassService
-from bot.slack import actions, commands, views
+from bot.slack import errors
+from bot.slack.approval import handlers as approval
+from bot.slack.credential import handlers as credential
+from bot.slack.request import handlers as request_handlers
+from bot.usecases import Breakglass
 
 log = logging.getLogger(__name__)
 
 
-def register_listeners(app: App, service: BreakglassService) -> None:
-    commands.register(app, service)
-    views.register(app, service)
-    actions.register(app, service)
+def register_listeners(app: App, service: Breakglass) -> None:
+    request_handlers.register(app, service)
+    approval.register(app, service)
+    credential.register(app, service)
 
 
 def create_app(
-    service: BreakglassService,
+    service: Breakglass,
     client: WebClient,
     *,
     signing_secret: str | None,
@@ -40,24 +42,7 @@ def create_app(
         ssl_check_enabled=True,
     )
     register_listeners(app, service)
-
-    @app.error
-    def handle_unexpected_error(error: Exception, body: dict) -> None:
-        # Never a stack trace in front of a person: they get a reference, the log the trace.
-        ref = secrets.token_hex(4)
-        log.error("unhandled error in a Slack listener (ref %s)", ref, exc_info=error)
-        user = (body.get("user") or {}).get("id") or body.get("user_id")
-        if user:
-            try:
-                client.chat_postMessage(
-                    channel=user,
-                    text=f"Something went wrong on our side (ref `{ref}`). Whatever was already "
-                    "recorded stays recorded; the bot's operators can find the details in its "
-                    "log under that reference. Try again, or ask in the security channel.",
-                )
-            except Exception:
-                log.exception("could not tell %s about error %s", user, ref)
-
+    errors.register(app, client)
     return app
 
 

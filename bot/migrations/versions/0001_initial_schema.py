@@ -12,8 +12,6 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import bot.store
-
 # revision identifiers, used by Alembic.
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
@@ -35,10 +33,10 @@ def upgrade() -> None:
         sa.Column("emergency", sa.Boolean(), nullable=False),
         sa.Column("review_required", sa.Boolean(), nullable=False),
         sa.Column("state", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("created_at", bot.store.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", bot.store.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("decided_at", bot.store.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("timeout_at", bot.store.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("timeout_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
         sa.Column("thread_ts", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_access_request")),
@@ -53,7 +51,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_event",
         sa.Column("seq", sa.Integer(), autoincrement=False, nullable=False),
-        sa.Column("at", bot.store.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("action", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("request_id", sa.Integer(), nullable=True),
@@ -81,13 +79,13 @@ def upgrade() -> None:
         sa.Column("token_accessor", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("lease_id", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
         sa.Column("wrap_accessor", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
-        sa.Column("wrap_expires_at", bot.store.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revealed_at", bot.store.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("wrap_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revealed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("dm_channel", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
         sa.Column("dm_ts", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-        sa.Column("issued_at", bot.store.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", bot.store.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("ended_at", bot.store.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("ended_by", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
         sa.Column("end_reason", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
         sa.ForeignKeyConstraint(
@@ -110,7 +108,7 @@ def upgrade() -> None:
         sa.Column("approver", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("outcome", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
-        sa.Column("decided_at", bot.store.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["request_id"],
             ["access_request.id"],
@@ -129,7 +127,7 @@ def upgrade() -> None:
         sa.Column("reviewer", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("outcome", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("notes", sa.Text(), nullable=True),
-        sa.Column("reviewed_at", bot.store.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("reviewed_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["request_id"], ["access_request.id"], name=op.f("fk_review_request_id_access_request")
         ),

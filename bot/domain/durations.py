@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-_PART = re.compile(r"(\d+)\s*(d|h|m|s)", re.IGNORECASE)
-_WHOLE = re.compile(r"^\s*(?:\d+\s*[dhms]\s*)+$", re.IGNORECASE)
+# ASCII digits only ("²".isdigit() is true, int("²") fails), and few enough for int().
+_PART = re.compile(r"([0-9]{1,12})\s*(d|h|m|s)", re.IGNORECASE | re.ASCII)
+_WHOLE = re.compile(r"^\s*(?:[0-9]{1,12}\s*[dhms]\s*)+$", re.IGNORECASE | re.ASCII)
+_MINUTES = re.compile(r"[0-9]{1,12}", re.ASCII)
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # No break-glass grant lasts a year; larger numbers are typos (and overflow timedelta).
 LONGEST = timedelta(days=366)
@@ -24,7 +26,9 @@ def parse_duration(text: str | int | timedelta) -> timedelta:
         seconds = text * 60
     else:
         raw = str(text).strip()
-        if raw.isdigit():
+        if len(raw) > 40:
+            raise DurationError(f"{raw[:20]!r}… is not a duration; write it like 30m, 1h or 1h30m")
+        if _MINUTES.fullmatch(raw):
             seconds = int(raw) * 60
         elif _WHOLE.match(raw):
             seconds = sum(int(n) * _UNITS[u.lower()] for n, u in _PART.findall(raw))

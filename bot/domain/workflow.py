@@ -129,6 +129,6 @@ def check_revoker(*, actor: str, requester: str, approvers: set[str], state: Sta
 
 def check_duration(duration: timedelta, maximum: timedelta) -> None:
     if duration > maximum:
-        from bot.durations import format_duration
+        from bot.domain.durations import format_duration
 
         raise Refused(f"at most {format_duration(maximum)} for this resource")

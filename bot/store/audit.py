@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from bot.store import AuditEvent, AuditHead
-from bot.workflow import Event
+from bot.domain.workflow import Event
+from bot.store.tables import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
 REDACTED = "[redacted]"

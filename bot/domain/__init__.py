@@ -1,0 +1,1 @@
+"""The pure core: states and rules, forms, durations, notices. No I/O, no clock reads."""

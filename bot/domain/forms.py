@@ -1,0 +1,113 @@
+"""The request form and every value a person types: checked here, in one place, with the
+message the person reads (an inline field error or an ephemeral reply)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from bot.domain.durations import DurationError, parse_duration
+from bot.domain.workflow import Refused, check_duration
+from bot.policy import Policy
+
+MIN_JUSTIFICATION = 15
+MAX_JUSTIFICATION = 2000
+MAX_TICKET = 200
+MAX_REASON = 1000
+# Request ids are PostgreSQL integers; anything larger is a typo or a probe, never a request.
+MAX_ID = 2**31 - 1
+# NUL cannot be stored in PostgreSQL text, and other control characters only hide things.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ID = re.compile(r"#?([0-9]{1,10})", re.ASCII)
+
+
+class BadInput(Refused):
+    """A value a person typed that cannot be used; the message says what to type instead."""
+
+
+@dataclass(frozen=True)
+class RequestForm:
+    """A request as typed into the modal, before checks."""
+
+    resource: str | None
+    duration: str | None
+    justification: str | None
+    ticket: str | None = None
+    emergency: bool = False
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    resource: str
+    duration: timedelta
+    justification: str
+    ticket: str | None
+    emergency: bool
+
+
+def parse_request_id(text: object) -> int:
+    """A request id as typed (`12`, `#12`) or carried by a button; BadInput otherwise."""
+    match = _ID.fullmatch(str(text).strip()) if isinstance(text, str | int) else None
+    if match is None or not 0 < int(match.group(1)) <= MAX_ID:
+        raise BadInput(f"{str(text)[:20]!r} is not a request id; write it like 12")
+    return int(match.group(1))
+
+
+def text_problem(value: str, limit: int) -> str | None:
+    """Why free text cannot be recorded as typed, or None."""
+    if _CONTROL.search(value):
+        return "Remove the control characters (such as NUL) from this field."
+    if len(value) > limit:
+        return f"At most {limit} characters, please ({len(value)} given)."
+    return None
+
+
+def check_reason(reason: object) -> str:
+    """A deny reason as typed: stripped, not empty, storable."""
+    text = reason.strip() if isinstance(reason, str) else ""
+    if not text:
+        raise BadInput("say why you deny it")
+    problem = text_problem(text, MAX_REASON)
+    if problem:
+        raise BadInput(problem.rstrip("."))
+    return text
+
+
+def check_form(policy: Policy, form: RequestForm) -> tuple[ValidRequest | None, dict[str, str]]:
+    """Check a request form; return the valid request, or errors keyed by field name."""
+    errors: dict[str, str] = {}
+    name = form.resource if isinstance(form.resource, str) else None
+    res = policy.resources.get(name or "")
+    if not name:
+        errors["resource"] = "Choose a resource."
+    elif res is None:
+        errors["resource"] = f"Unknown resource {name[:40]!r}."
+    duration = None
+    try:
+        duration = parse_duration(form.duration if isinstance(form.duration, str) else "")
+        if res is not None:
+            check_duration(duration, res.max_duration)
+    except DurationError as exc:
+        errors["duration"] = str(exc)[0].upper() + str(exc)[1:] + "."
+    except Refused as exc:
+        errors["duration"] = f"Too long: {exc}."
+    justification = form.justification.strip() if isinstance(form.justification, str) else ""
+    problem = text_problem(justification, MAX_JUSTIFICATION)
+    if problem:
+        errors["justification"] = problem
+    elif len(justification) < MIN_JUSTIFICATION:
+        errors["justification"] = (
+            f"Say why you need it (at least {MIN_JUSTIFICATION} characters): "
+            "what is broken, and what you will do."
+        )
+    ticket = (form.ticket.strip() if isinstance(form.ticket, str) else "") or None
+    problem = text_problem(ticket or "", MAX_TICKET)
+    if problem:
+        errors["ticket"] = problem
+    if form.emergency and res is not None and not res.emergency:
+        errors["emergency"] = "Emergency access is not allowed for this resource; ask for approval."
+    if errors:
+        return None, errors
+    assert res is not None and duration is not None and name
+    return ValidRequest(name, duration, justification, ticket, bool(form.emergency)), {}

@@ -1,0 +1,186 @@
+"""Block Kit for the security channel: the status card, its thread, the deny modal."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    ButtonElement,
+    ContextBlock,
+    HeaderBlock,
+    InputBlock,
+    MarkdownTextObject,
+    PlainTextInputElement,
+    PlainTextObject,
+    SectionBlock,
+)
+from slack_sdk.models.views import View
+
+from bot.domain.durations import format_duration
+from bot.domain.workflow import Event, State, describe_state
+from bot.slack.format import (
+    SECTION_LIMIT,
+    confirmed_button,
+    escape,
+    escape_clip,
+    mention,
+    slack_date,
+)
+from bot.slack.ids import ActionId, BlockId, ViewId
+from bot.usecases.ports import Card
+
+STATE_BADGE = {
+    State.PENDING: ":hourglass_flowing_sand: Waiting for approval",
+    State.APPROVED: ":white_check_mark: Approved, issuing",
+    State.ACTIVE: ":unlock: Active",
+    State.DENIED: ":no_entry: Denied",
+    State.TIMED_OUT: ":alarm_clock: Timed out",
+    State.CANCELLED: ":heavy_multiplication_x: Cancelled",
+    State.EXPIRED: ":lock: Ended (expired)",
+    State.REVOKED: ":lock: Ended (revoked)",
+    State.FAILED: ":x: Failed to issue",
+}
+
+
+def deny_modal(request_id: int) -> View:
+    return View(
+        type="modal",
+        callback_id=ViewId.DENY,
+        title=f"Deny request #{request_id}"[:24],
+        submit="Deny",
+        close="Back",
+        private_metadata=json.dumps({"request_id": request_id}),
+        blocks=[
+            InputBlock(
+                block_id=BlockId.DENY_REASON,
+                label="Reason (the requester sees it)",
+                element=PlainTextInputElement(
+                    action_id=ActionId.DENY_REASON, multiline=True, max_length=1000
+                ),
+            )
+        ],
+    )
+
+
+def request_summary(card: Card) -> str:
+    req = card.request
+    ticket = f"\n*Ticket:* {escape_clip(req.ticket, 400)}" if req.ticket else ""
+    head = (
+        f"*Requester:* {mention(req.requester)}\n"
+        f"*Resource:* `{escape(req.resource)}`, {escape_clip(card.resource.description, 300)}\n"
+        f"*Duration:* {format_duration(card.duration)}{ticket}\n"
+        "*Why:* "
+    )
+    # A section holds 3000 characters; escaping can make a long justification longer.
+    return head + escape_clip(req.justification, SECTION_LIMIT - len(head))
+
+
+def status_line(card: Card) -> str:
+    req, state = card.request, card.state
+    parts = [STATE_BADGE[state]]
+    if state == State.PENDING:
+        parts.append(f"{len(set(card.approvals))} of {card.needed} approvals")
+        if card.approvers:
+            parts.append("approvers: " + " ".join(mention(u) for u in card.approvers))
+    if card.approvals and state != State.PENDING and not req.emergency:
+        parts.append("approved by " + ", ".join(mention(u) for u in dict.fromkeys(card.approvals)))
+    if state == State.DENIED and card.denied_by:
+        parts.append(f"by {mention(card.denied_by)}: {escape(card.deny_reason)}")
+    if card.grant and state == State.ACTIVE:
+        parts.append(f"`{escape(card.grant.identity)}` until {slack_date(card.grant.expires_at)}")
+    if card.grant and card.grant.ended_at:
+        parts.append(f"ended {slack_date(card.grant.ended_at)}")
+    if req.emergency:
+        parts.append("*review required*")
+    return " · ".join(parts)
+
+
+def approval_message(card: Card) -> tuple[str, list[dict[str, Any]]]:
+    """The parent message: a status card, updated in place as the request moves."""
+    req = card.request
+    title = (
+        f":rotating_light: EMERGENCY access #{req.id}: {req.resource}"
+        if req.emergency
+        else f"Break-glass request #{req.id}: {req.resource}"
+    )
+    blocks: list[Any] = [
+        HeaderBlock(text=PlainTextObject(text=title[:150])),
+        SectionBlock(text=request_summary(card)),
+        ContextBlock(elements=[MarkdownTextObject(text=status_line(card))]),
+    ]
+    if card.state == State.PENDING:
+        rid = str(req.id)
+        blocks.append(
+            ActionsBlock(
+                block_id=BlockId.DECISION,
+                elements=[
+                    confirmed_button(
+                        ActionId.APPROVE,
+                        "Approve",
+                        "primary",
+                        rid,
+                        "Approve access?",
+                        f"{mention(req.requester)} gets `{escape(req.resource)}` for "
+                        f"{format_duration(card.duration)}.",
+                    ),
+                    ButtonElement(action_id=ActionId.DENY, text="Deny", style="danger", value=rid),
+                ],
+            )
+        )
+    text = f"{title}: {describe_state(card.state)}"
+    if card.state == State.PENDING and card.approvers:
+        # The fallback text is what push notifications show: name who must act.
+        text += " (" + " ".join(mention(u) for u in card.approvers) + ")"
+    return text, [b.to_dict() for b in blocks]
+
+
+def event_text(card: Card, event: Event, actor: str, note: str = "") -> str:
+    """One line in the request's thread: the event log."""
+    who = mention(actor) if actor.startswith(("U", "W")) else f"_{actor}_"
+    req = card.request
+    lines = {
+        Event.REQUESTED: f"{who} asked for `{escape(req.resource)}` for "
+        f"{format_duration(card.duration)}.",
+        Event.APPROVAL_RECORDED: f":ballot_box_with_check: {who} approved ({escape(note)}).",
+        Event.APPROVED: f":white_check_mark: Approved by {who}. Issuing the credential.",
+        Event.EMERGENCY: f":rotating_light: *{who} broke the glass*: access granted without "
+        "approval. A review is required afterwards.",
+        Event.DENIED: f":no_entry: Denied by {who}: {escape(note)}",
+        Event.TIMED_OUT: ":alarm_clock: No decision in time; the request timed out.",
+        Event.CANCELLED: f"Cancelled by {who}.",
+        Event.ISSUED: (
+            f":unlock: Issued `{escape(card.grant.identity)}` until "
+            f"{slack_date(card.grant.expires_at)}; delivered privately to "
+            f"{mention(req.requester)}." + (f" :warning: {escape(note)}." if note else "")
+            if card.grant
+            else ":unlock: Issued."
+        ),
+        Event.ISSUE_FAILED: f":x: Could not issue the credential: {escape(note)}",
+        Event.REVEALED: f":eyes: {who} revealed the credential.",
+        Event.REVEAL_TAMPER: f":rotating_light: *Tamper alert*: the wrapping token was already "
+        f"unwrapped when {who} clicked Reveal.",
+        Event.REVOKED: f":lock: Revoked by {who}" + (f": {escape(note)}" if note else "."),
+        Event.EXPIRED: ":lock: Expired; the credential was revoked.",
+        Event.REVOKE_FAILED: f":warning: Revocation failed: {escape(note)}. Retrying; Vault "
+        "ends the lease at its TTL regardless.",
+    }
+    return lines[event]
+
+
+def thread_reply(
+    card: Card, event: Event, actor: str, note: str = ""
+) -> tuple[str, list[dict[str, Any]]]:
+    """A reply in the request's thread: the event, and the audit event it was recorded as."""
+    text = event_text(card, event, actor, note)
+    body: list[Any] = [SectionBlock(text=text[:SECTION_LIMIT])]
+    if card.event is not None:
+        body.append(
+            ContextBlock(
+                elements=[
+                    MarkdownTextObject(text=f"audit #{card.event.seq} · `{card.event.hash[:16]}`")
+                ]
+            )
+        )
+    return text, [b.to_dict() for b in body]

@@ -1,0 +1,79 @@
+"""Asking: the /breakglass command (form, help, revoke, cancel) and the request modal."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+
+from bot.domain.forms import BadInput, RequestForm, parse_request_id
+from bot.slack.format import escape
+from bot.slack.ids import FIELD_BLOCKS, ViewId
+from bot.slack.request import blocks
+from bot.usecases import Breakglass
+
+log = logging.getLogger(__name__)
+
+VERBS = ("revoke", "cancel")
+
+
+def register(app: App, service: Breakglass) -> None:
+    # `/breakglass <verb> <id>`: what it does, and what to say when done.
+    on_one_request = {
+        "revoke": (service.grants.revoke, "revoked; the credential no longer works"),
+        "cancel": (service.requests.cancel, "cancelled"),
+    }
+
+    @app.command("/breakglass")
+    def handle_breakglass_command(
+        ack: Ack, command: dict, client: WebClient, respond: Respond
+    ) -> None:
+        text = command.get("text")
+        words = text.split() if isinstance(text, str) else []
+        verb = words[0].lower() if words else ""
+        user = command.get("user_id")
+        if verb == "":
+            if not service.policy.requestable(user):
+                ack(
+                    "No resource in the break-glass policy lists you among its requesters; "
+                    "ask the security team if you need one."
+                )
+                return
+            ack()  # first: the trigger id lives 3 s
+            client.views_open(
+                trigger_id=command["trigger_id"], view=blocks.request_modal(service.policy, user)
+            )
+        elif verb in on_one_request:
+            try:
+                if len(words) != 2:
+                    raise BadInput("one request id, please")
+                request_id = parse_request_id(words[1])
+            except BadInput as exc:
+                ack(
+                    f"{escape(str(exc))}. Usage: `/breakglass {verb} <request id>`, "
+                    f"e.g. `/breakglass {verb} 12`."
+                )
+                return
+            ack()  # Vault and the database come after the ack
+            act, done = on_one_request[verb]
+            act(request_id, user)
+            respond(text=f"Request #{request_id} {done}.", response_type="ephemeral")
+        elif verb == "help":
+            ack(blocks.help_text(service.policy))
+        else:
+            ack(f"I don't know `{escape(verb[:40])}`.\n\n" + blocks.help_text(service.policy))
+
+    @app.view(ViewId.REQUEST)
+    def handle_request_submission(ack: Ack, body: dict, view: dict, client: WebClient) -> None:
+        user = body["user"]["id"]
+        form = RequestForm(**blocks.read_request_form(view))
+        errors = service.requests.form_errors(user, form)
+        if errors:
+            ack(
+                response_action="errors",
+                errors={str(FIELD_BLOCKS[k]): v[:150] for k, v in errors.items()},
+            )
+            return
+        ack()
+        service.requests.submit(user, form)

@@ -1,0 +1,104 @@
+"""Time-driven work: one registry of deadline kinds (kind -> query, handler), the sweep."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, select
+
+from bot.domain.workflow import Refused
+from bot.store import AccessRequest, Grant
+from bot.usecases.core import Core
+from bot.usecases.grants import Grants
+from bot.usecases.requests import Requests
+
+log = logging.getLogger(__name__)
+
+# Issuing takes well under a second; this long in "approved" means the process died mid-way.
+ISSUE_INTERRUPTED_AFTER = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class DeadlineKind:
+    """One kind of deadline: where its due rows come from and what to do when one is due."""
+
+    name: str
+    done_key: str  # the sweep's counter
+    due: Callable[[Session], Iterator[tuple[int, datetime]]]  # (key, when)
+    run: Callable[[int], bool]  # True when it acted
+
+
+class Deadlines:
+    def __init__(self, core: Core, requests: Requests, grants: Grants):
+        self.core = core
+        self.kinds: dict[str, DeadlineKind] = {
+            k.name: k
+            for k in (
+                DeadlineKind("timeout", "timed_out", self._pending, requests.time_out),
+                DeadlineKind("expire", "expired", self._active, grants.expire),
+                DeadlineKind("interrupted", "interrupted", self._issuing, self._interrupted),
+            )
+        }
+        self.grants = grants
+
+    # ---- where deadlines come from --------------------------------------------------------
+
+    @staticmethod
+    def _pending(s: Session) -> Iterator[tuple[int, datetime]]:
+        for req in s.exec(select(AccessRequest).where(AccessRequest.state == "pending")):
+            if req.timeout_at:
+                yield req.id, req.timeout_at
+
+    @staticmethod
+    def _active(s: Session) -> Iterator[tuple[int, datetime]]:
+        rows = s.exec(
+            select(Grant.request_id, Grant.expires_at)
+            .join(AccessRequest, AccessRequest.id == Grant.request_id)
+            .where(AccessRequest.state == "active")
+        )
+        yield from rows
+
+    @staticmethod
+    def _issuing(s: Session) -> Iterator[tuple[int, datetime]]:
+        for req in s.exec(select(AccessRequest).where(AccessRequest.state == "approved")):
+            yield req.id, req.updated_at + ISSUE_INTERRUPTED_AFTER
+
+    def _interrupted(self, request_id: int) -> bool:
+        return self.grants.fail_issue(
+            request_id,
+            "interrupted: the bot stopped while issuing; anything Vault had issued "
+            "ends at its own TTL",
+        )
+
+    # ---- acting -------------------------------------------------------------------------
+
+    def pending(self) -> list[tuple[str, int, datetime]]:
+        """Every deadline still to come or overdue, from the database: (kind, key, when)."""
+        with self.core.store.read() as s:
+            return [(k.name, key, when) for k in self.kinds.values() for key, when in k.due(s)]
+
+    def sweep(self) -> dict[str, int]:
+        """Act on every overdue deadline no timer handled (after a restart, say)."""
+        now = self.core.clock()
+        done = {k.done_key: 0 for k in self.kinds.values()} | {"failed": 0}
+        for kind, key, when in self.pending():
+            if when > now:
+                continue
+            try:
+                if self.run(kind, key):
+                    done[self.kinds[kind].done_key] += 1
+            except Exception:
+                done["failed"] += 1
+                log.exception("sweep could not handle %s of %s", kind, key)
+        return done
+
+    def run(self, kind: str, key: int) -> bool:
+        """Act on one deadline (entry point for timers and the sweep); True if it acted."""
+        try:
+            return self.kinds[kind].run(key)
+        except Refused as exc:
+            log.info("%s of %s: %s", kind, key, exc)
+        return False

@@ -1,0 +1,81 @@
+"""What the use cases need from the outside world, as protocols, and the data they hand over."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from bot.domain.notices import Notice
+from bot.domain.workflow import Event, State
+from bot.policy import Resource
+from bot.store import AccessRequest, AuditEvent, Grant
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Card:
+    """Everything a message about one request shows."""
+
+    request: AccessRequest
+    resource: Resource
+    approvers: list[str]
+    approvals: list[str] = field(default_factory=list)
+    denied_by: str | None = None
+    deny_reason: str | None = None
+    grant: Grant | None = None
+    # The audit event a message is about: its sequence and hash go into the thread, so Slack
+    # witnesses the chain (a rewritten database no longer matches what the thread shows).
+    event: AuditEvent | None = None
+
+    @property
+    def needed(self) -> int:
+        return self.resource.approvals
+
+    @property
+    def state(self) -> State:
+        return State(self.request.state)
+
+    @property
+    def duration(self) -> timedelta:
+        return timedelta(seconds=self.request.duration_seconds)
+
+
+class Notifier(Protocol):
+    """How the use cases reach people; the Slack adapter implements it. Notices are data."""
+
+    def open_thread(self, card: Card) -> tuple[str, str] | None: ...
+
+    def record(self, card: Card, event: Event, actor: str, note: str = "") -> None: ...
+
+    def tell(self, user: str, notice: Notice) -> None: ...
+
+    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str] | None: ...
+
+    def update_credential(self, card: Card) -> None: ...
+
+    def alert(self, card: Card | None, notice: Notice) -> None: ...
+
+
+class Timers(Protocol):
+    """One-shot timers for deadlines; the database stays the source of truth."""
+
+    def at(self, kind: str, key: int, when: datetime) -> None: ...
+
+    def cancel(self, kind: str, key: int) -> None: ...
+
+
+class NoTimers:
+    """Timers that do nothing: the periodic sweep alone handles deadlines."""
+
+    def at(self, kind: str, key: int, when: datetime) -> None:
+        pass
+
+    def cancel(self, kind: str, key: int) -> None:
+        pass

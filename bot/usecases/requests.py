@@ -1,0 +1,296 @@
+"""Use cases of a request before access exists: ask, approve, deny, cancel, time out."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from bot.domain.forms import RequestForm, check_form, check_reason
+from bot.domain.notices import Notice, NoticeKind
+from bot.domain.workflow import (
+    Event,
+    Refused,
+    State,
+    check_decider,
+    describe_state,
+    quorum_reached,
+)
+from bot.store import AccessRequest, Decision, audit
+from bot.usecases.core import SYSTEM, Core
+from bot.usecases.grants import Grants
+
+log = logging.getLogger(__name__)
+
+OPEN_STATES = (State.PENDING.value, State.APPROVED.value, State.ACTIVE.value)
+
+
+class Requests:
+    def __init__(self, core: Core, grants: Grants):
+        self.core = core
+        self.grants = grants
+
+    # ---- asking -------------------------------------------------------------------------
+
+    def form_errors(self, requester: str, form: RequestForm) -> dict[str, str]:
+        """Inline errors for the request modal: the form itself, then what is already open."""
+        policy = self.core.policy
+        _, errors = check_form(policy, form)
+        if form.resource in policy.resources and not policy.may_request(
+            requester, str(form.resource)
+        ):
+            errors["resource"] = "You are not among those who may ask for this resource."
+        if not errors:
+            with self.core.store.read() as s:
+                open_one = self._open_request(s, requester, str(form.resource))
+            if open_one is not None:
+                errors["resource"] = self._already_open(open_one)
+        return errors
+
+    @staticmethod
+    def _open_request(s: Session, requester: str, resource: str) -> AccessRequest | None:
+        """The requester's request for `resource` that is pending or active, if any."""
+        return s.exec(
+            select(AccessRequest).where(
+                AccessRequest.requester == requester,
+                AccessRequest.resource == resource,
+                AccessRequest.state.in_(OPEN_STATES),  # type: ignore[attr-defined]
+            )
+        ).first()
+
+    @staticmethod
+    def _already_open(req: AccessRequest) -> str:
+        verb = "revoke" if req.state == State.ACTIVE else "cancel"
+        return (
+            f"You already have request #{req.id} for this ({describe_state(State(req.state))}); "
+            f"use it, or `/breakglass {verb} {req.id}` first."
+        )
+
+    def submit(self, requester: str, form: RequestForm) -> AccessRequest:
+        """Record a request; emergency requests are granted at once."""
+        core = self.core
+        valid, errors = check_form(core.policy, form)
+        if valid is None:
+            raise Refused("; ".join(errors.values()))
+        if not core.policy.may_request(requester, valid.resource):
+            raise Refused("you are not among those who may ask for this resource")
+        now = core.clock()
+        with core.store.transaction() as s:
+            # One open request per person and resource: credentials do not pile up.
+            open_one = self._open_request(s, requester, valid.resource)
+            if open_one is not None:
+                raise Refused(self._already_open(open_one))
+            req = AccessRequest(
+                requester=requester,
+                resource=valid.resource,
+                duration_seconds=int(valid.duration.total_seconds()),
+                justification=valid.justification,
+                ticket=valid.ticket,
+                emergency=valid.emergency,
+                review_required=valid.emergency,
+                state=State.PENDING.value,
+                created_at=now,
+                updated_at=now,
+                timeout_at=None if valid.emergency else now + core.policy.approval_timeout,
+            )
+            s.add(req)
+            s.flush()
+            requested = audit.append(
+                s,
+                at=now,
+                actor=requester,
+                action=Event.REQUESTED,
+                request_id=req.id,
+                details={
+                    "resource": req.resource,
+                    "duration_seconds": req.duration_seconds,
+                    "justification": req.justification,
+                    "ticket": req.ticket,
+                    "emergency": req.emergency,
+                },
+            )
+        request_id = req.id
+        assert request_id is not None
+        card = core.card(request_id)
+        card.event = requested
+        try:
+            where = core.notifier.open_thread(card)
+        except Exception:
+            log.exception("could not open the audit thread for request %s", request_id)
+            where = None
+        if where:
+            with core.store.transaction() as s:
+                s.execute(
+                    update(AccessRequest)
+                    .where(AccessRequest.id == request_id)
+                    .values(channel=where[0], thread_ts=where[1])
+                )
+        if valid.emergency:  # check_form refused it where the resource does not allow it
+            with core.store.transaction() as s:
+                core.move(
+                    s,
+                    core.get(s, request_id),
+                    Event.EMERGENCY,
+                    requester,
+                    {"review_required": True},
+                    decided_at=now,
+                )
+            card = core.after(request_id, Event.EMERGENCY, requester)
+            core.safe(core.notifier.alert, card, Notice(NoticeKind.EMERGENCY_ACCESS, request_id))
+            self.grants.issue(request_id)
+        else:
+            core.timers.at("timeout", request_id, now + core.policy.approval_timeout)
+            core.safe(
+                core.notifier.tell,
+                requester,
+                Notice(
+                    NoticeKind.REQUEST_PENDING,
+                    request_id,
+                    {"resource": req.resource, "duration_seconds": req.duration_seconds},
+                ),
+            )
+        with core.store.read() as s:
+            return core.get(s, request_id)
+
+    # ---- deciding -----------------------------------------------------------------------
+
+    def approve(self, request_id: int, actor: str) -> AccessRequest:
+        core = self.core
+        now = core.clock()
+        with core.store.transaction() as s:
+            req = core.get(s, request_id)
+            decisions = s.exec(select(Decision).where(Decision.request_id == request_id)).all()
+            self._check_decider(req, actor, [d.approver for d in decisions])
+            s.add(
+                Decision(request_id=request_id, approver=actor, outcome="approve", decided_at=now)
+            )
+            try:
+                s.flush()
+            except IntegrityError:
+                raise Refused("you have already decided on this request; nothing changed") from None
+            approvals = [d.approver for d in decisions if d.outcome == "approve"] + [actor]
+            needed = core.policy.resources[req.resource].approvals
+            approved = quorum_reached(approvals, req.requester, needed)
+            if approved:
+                core.move(
+                    s,
+                    req,
+                    Event.APPROVED,
+                    actor,
+                    {"approvers": sorted(set(approvals))},
+                    decided_at=now,
+                )
+            else:
+                audit.append(
+                    s,
+                    at=now,
+                    actor=actor,
+                    action=Event.APPROVAL_RECORDED,
+                    request_id=request_id,
+                    details={"approvals": len(set(approvals)), "needed": needed},
+                )
+        if approved:
+            core.timers.cancel("timeout", request_id)
+            core.after(request_id, Event.APPROVED, actor)
+            self.grants.issue(request_id)
+        else:
+            core.after(
+                request_id,
+                Event.APPROVAL_RECORDED,
+                actor,
+                f"{len(set(approvals))} of {needed} approvals",
+            )
+        with core.store.read() as s:
+            return core.get(s, request_id)
+
+    def check_can_decide(self, request_id: int, actor: str) -> None:
+        """Refuse early (before a Deny modal opens) when `actor` may not decide now."""
+        with self.core.store.read() as s:
+            req = self.core.get(s, request_id)
+        self._check_decider(req, actor)
+
+    def _check_decider(
+        self, req: AccessRequest, actor: str, previous_deciders: list[str] | None = None
+    ) -> None:
+        check_decider(
+            actor=actor,
+            requester=req.requester,
+            state=State(req.state),
+            approvers=self.core.policy.approver_ids(req.resource),
+            previous_deciders=previous_deciders or [],
+        )
+
+    def deny(self, request_id: int, actor: str, reason: str) -> AccessRequest:
+        core = self.core
+        reason = check_reason(reason)
+        now = core.clock()
+        with core.store.transaction() as s:
+            req = core.get(s, request_id)
+            decisions = s.exec(select(Decision).where(Decision.request_id == request_id)).all()
+            # An approver who approved may still deny before the quorum is reached.
+            self._check_decider(req, actor)
+            if any(d.approver == actor for d in decisions):
+                s.execute(
+                    update(Decision)
+                    .where(Decision.request_id == request_id, Decision.approver == actor)
+                    .values(outcome="deny", reason=reason, decided_at=now)
+                )
+            else:
+                s.add(
+                    Decision(
+                        request_id=request_id,
+                        approver=actor,
+                        outcome="deny",
+                        reason=reason,
+                        decided_at=now,
+                    )
+                )
+            core.move(s, req, Event.DENIED, actor, {"reason": reason}, decided_at=now)
+        core.timers.cancel("timeout", request_id)
+        core.after(request_id, Event.DENIED, actor, reason)
+        core.safe(
+            core.notifier.tell,
+            req.requester,
+            Notice(NoticeKind.REQUEST_DENIED, request_id, {"resource": req.resource, "by": actor}),
+        )
+        return req
+
+    def cancel(self, request_id: int, actor: str) -> AccessRequest:
+        """The requester withdraws a request that is still waiting for a decision."""
+        core = self.core
+        with core.store.transaction() as s:
+            req = core.get(s, request_id)
+            if actor != req.requester:
+                raise Refused("only the requester can cancel a request")
+            core.move(s, req, Event.CANCELLED, actor)
+        core.timers.cancel("timeout", request_id)
+        core.after(request_id, Event.CANCELLED, actor)
+        return req
+
+    def time_out(self, request_id: int) -> bool:
+        """End a request nobody decided on in time. False when there was nothing to do."""
+        core = self.core
+        now = core.clock()
+        try:
+            with core.store.transaction() as s:
+                req = core.get(s, request_id)
+                if req.state != State.PENDING or (req.timeout_at and req.timeout_at > now):
+                    return False
+                core.move(
+                    s,
+                    req,
+                    Event.TIMED_OUT,
+                    SYSTEM,
+                    {"timeout_seconds": int(core.policy.approval_timeout.total_seconds())},
+                )
+        except Refused:
+            return False
+        core.after(request_id, Event.TIMED_OUT, SYSTEM)
+        core.safe(
+            core.notifier.tell,
+            req.requester,
+            Notice(NoticeKind.REQUEST_TIMED_OUT, request_id, {"resource": req.resource}),
+        )
+        return True
