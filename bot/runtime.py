@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ from bot.slack.notifier import SlackNotifier
 from bot.store import Store, create_db_engine
 from bot.usecases import Breakglass
 from bot.usecases.ports import utcnow
-from providers import VaultBackend
+from providers import ProviderError, VaultBackend
 from providers.vault import vault_client_from_env
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,39 @@ class Runtime:
     app: App
     web: Flask
 
-    def health(self) -> dict:
-        status = {"ok": True, "database": "ok"}
-        try:
+    client: WebClient | None = None
+    _ready_cache: tuple[float, dict] | None = None
+
+    def live(self) -> dict:
+        """Liveness: the process answers and its timers run."""
+        running = self.scheduler.scheduler.running
+        return {"ok": True, "scheduler": "running" if running else "stopped"}
+
+    def ready(self) -> dict:
+        """Readiness: can the bot do its job now? Each part with its reason; cached briefly so
+        a probe every second costs Vault, Slack and the database nothing much."""
+        cached = self._ready_cache
+        if cached and time.monotonic() - cached[0] < READY_CACHE_SECONDS:
+            return cached[1]
+        status: dict = {"ok": True}
+
+        def part(name: str, check: Callable[[], object]) -> None:
+            try:
+                check()
+                status[name] = "ok"
+            except Exception as exc:
+                status["ok"] = False
+                status[name] = _reason(exc)
+
+        def database() -> None:
             with self.store.engine.connect() as c:
                 c.execute(sa.text("SELECT 1"))
-        except Exception:
-            status.update(ok=False, database="unreachable")
-        status["scheduler"] = "running" if self.scheduler.scheduler.running else "stopped"
+
+        part("database", database)
+        part("vault", self.backend.check)
+        if self.client is not None:
+            part("slack", self.client.auth_test)
+        self._ready_cache = (time.monotonic(), status)
         return status
 
     def start(self) -> None:
@@ -68,6 +94,22 @@ class Runtime:
     def stop(self) -> None:
         self.scheduler.shutdown()
         self.store.engine.dispose()
+
+
+READY_CACHE_SECONDS = 5.0
+
+
+def _reason(exc: Exception) -> str:
+    """A failure as one safe line: our errors carry safe messages; others give their kind."""
+    from slack_sdk.errors import SlackApiError
+
+    if isinstance(exc, ProviderError):
+        return str(exc)
+    if isinstance(exc, SlackApiError):
+        return f"Slack refused the bot token ({exc.response.get('error')})"
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        return f"unreachable ({type(getattr(exc, 'orig', None) or exc).__name__})"
+    return f"unreachable ({type(exc).__name__})"
 
 
 def build(
@@ -105,6 +147,11 @@ def build(
         signing_secret=secret.get_secret_value() if secret else None,
         process_before_response=process_before_response,
     )
-    runtime = Runtime(settings, policy, store, backend, service, scheduler, app, None)  # type: ignore[arg-type]
-    runtime.web = create_web_app(app, runtime.health)
+    runtime = Runtime(settings, policy, store, backend, service, scheduler, app, None, client)  # type: ignore[arg-type]
+    runtime.web = create_web_app(
+        app,
+        signing_secret=secret.get_secret_value() if secret else None,
+        live=runtime.live,
+        ready=runtime.ready,
+    )
     return runtime

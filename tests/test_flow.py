@@ -513,12 +513,15 @@ def test_bad_signature_and_stale_timestamp_get_401(bot, slack):
     assert count_rows(bot, AccessRequest) == 0
 
 
-def test_healthz(bot):
+def test_healthz_is_liveness_and_readyz_names_each_part(bot):
     import requests
 
     r = requests.get(f"{bot.server.url}/healthz", timeout=5)
     assert r.status_code == 200
-    assert r.json() == {"ok": True, "database": "ok", "scheduler": "running"}
+    assert r.json() == {"ok": True, "scheduler": "running"}
+    r = requests.get(f"{bot.server.url}/readyz", timeout=5)
+    assert r.status_code == 200
+    assert r.json() == {"ok": True, "database": "ok", "vault": "ok", "slack": "ok"}
 
 
 def test_request_without_decision_times_out(bot, slack, clock):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, jsonify, request
 from slack_bolt import App
 from slack_bolt.adapter.flask import SlackRequestHandler
+from slack_bolt.request.internals import parse_body
 from slack_sdk import WebClient
+from slack_sdk.signature import SignatureVerifier
 
 from bot.slack import errors
 from bot.slack.approval import handlers as approval
@@ -46,17 +49,67 @@ def create_app(
     return app
 
 
-def create_web_app(app: App, health: Callable[[], dict]) -> Flask:
+MAX_BODY = 1 << 20  # Slack's payloads are far smaller; anything bigger is not from Slack
+
+
+def verified_body(verifier: SignatureVerifier, headers: Any, raw: bytes) -> tuple[int, str]:
+    """(status, reason): 200 when the request is signed by Slack, fresh and readable.
+
+    Checked before Bolt sees the request: Bolt parses the body before verifying it and answers
+    a malformed timestamp or payload with a 500, so nothing unverified may reach it.
+    """
+    timestamp = headers.get("X-Slack-Request-Timestamp") or ""
+    signature = headers.get("X-Slack-Signature") or ""
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        return 401, "missing or malformed X-Slack-Request-Timestamp"
+    if not signature.isascii() or not signature.startswith("v0="):
+        return 401, "missing or malformed X-Slack-Signature"
+    try:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return 400, "body is not UTF-8"
+    if not verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
+        return 401, "invalid or stale signature"
+    try:
+        parsed = parse_body(body, headers.get("Content-Type"))
+    except ValueError:
+        return 400, "unreadable body"
+    if not isinstance(parsed, dict):
+        return 400, "unreadable body"
+    return 200, ""
+
+
+def create_web_app(
+    app: App,
+    *,
+    signing_secret: str | None,
+    live: Callable[[], dict],
+    ready: Callable[[], dict],
+) -> Flask:
     web = Flask("breakglass")
+    web.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     handler = SlackRequestHandler(app)
+    verifier = SignatureVerifier(signing_secret or "")
 
     @web.post("/slack/events")
     def slack_events():  # type: ignore[no-untyped-def]
+        if signing_secret is None:
+            return jsonify(error="this bot serves Socket Mode, not HTTP"), 404
+        status, reason = verified_body(verifier, request.headers, request.get_data(cache=True))
+        if status != 200:
+            # Nothing about an unverified request is acted on, or logged beyond this line.
+            log.info("refused a request to /slack/events: %s", reason)
+            return jsonify(error=reason), status
         return handler.handle(request)
 
     @web.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]
-        status = health()
+        """Liveness: the process answers. Whether it is useful is /readyz."""
+        return jsonify(live()), 200
+
+    @web.get("/readyz")
+    def readyz():  # type: ignore[no-untyped-def]
+        status = ready()
         return jsonify(status), (200 if status.get("ok") else 503)
 
     return web
