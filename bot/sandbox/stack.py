@@ -28,6 +28,7 @@ from bot.sandbox.openbao import (
     wait_until_serving,
 )
 from bot.sandbox.postgres import EmbeddedPostgres
+from bot.sandbox.serving import ServerThread
 from bot.sandbox.slack_fake import FakeSlack, SlackDriver
 from bot.service import utcnow
 from bot.settings import Settings
@@ -111,15 +112,16 @@ class BotServer:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.server = make_server("127.0.0.1", 0, runtime.web, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._serving = ServerThread(self.server, "bot-server")
 
     def start(self) -> BotServer:
-        self.thread.start()
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        """Returns at once when idle; a request still in flight is waited for (werkzeug
+        joins its threads), so the runtime is not stopped under a running listener."""
+        self._serving.stop()
 
 
 class Clock:
