@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 
 import hvac
 import pytest
@@ -23,15 +22,16 @@ from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
 from bot.sandbox.faultproxy import FaultProxy
 from bot.sandbox.slack_fake import FakeSlack
-from bot.sandbox.stack import Backends
+from bot.sandbox.stack import APPROVER, REQUESTER, Backends, start_bot
+from bot.slack.ids import ActionId
+from tests.helpers import click, credential_dm, request_access, reveal
 
 QUICK = FixedValueRetryIntervalCalculator(0.01)
 
 
 @pytest.fixture
-def proxy(backends: Backends) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", backends.bao.port) as p:
-        yield p
+def proxy(vault_proxy: FaultProxy) -> FaultProxy:
+    return vault_proxy
 
 
 def vault(proxy: FaultProxy, backends: Backends, timeout: float = 5) -> hvac.Client:
@@ -130,6 +130,25 @@ def test_proxy_stops_at_once_with_connections_open(backends):
 def _swallow(client: hvac.Client) -> None:
     with contextlib.suppress(requests.RequestException):
         client.auth.token.lookup_self()
+
+
+def test_a_bot_pointed_at_the_proxy_issues_through_it(backends, slack, vault_proxy, tmp_path):
+    bot = start_bot(
+        backends,
+        slack,
+        f"sqlite:///{tmp_path / 'bg.db'}",
+        workdir=tmp_path,
+        vault_addr=vault_proxy.url,
+        start_scheduler=False,
+    )
+    try:
+        click(bot, APPROVER, request_access(bot, slack), ActionId.APPROVE)
+        user, password = reveal(bot, slack)
+        assert backends.pg.can_login(user, password) and vault_proxy.accepted >= 1
+        click(bot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+        assert not backends.pg.can_login(user, password)
+    finally:
+        bot.stop()
 
 
 # ---- FakeSlack's faults --------------------------------------------------------------------

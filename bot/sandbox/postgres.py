@@ -29,7 +29,7 @@ class EmbeddedPostgres:
     admin_user: str = "postgres"
     admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     _tmp: tempfile.TemporaryDirectory | None = None
-    _server: object | None = None
+    _server: Any = None  # the wheel's PostgresServer, whose stop we drive ourselves
     socket_dir: Path | None = None
 
     def start(self) -> EmbeddedPostgres:

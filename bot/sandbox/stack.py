@@ -167,15 +167,17 @@ def start_bot(
     clock: Callable[[], datetime] = utcnow,
     start_scheduler: bool = True,
     workdir: Path | None = None,
+    vault_addr: str | None = None,
 ) -> Bot:
-    """Build the bot as `breakglass serve` does, pointed at the embedded parts."""
+    """Build the bot as `breakglass serve` does, pointed at the embedded parts (Vault at
+    `vault_addr` when given: a FaultProxy in front of the embedded OpenBao)."""
     signing_secret = secrets.token_hex(16)
     policy: Policy = parse_policy(policy_text)
     settings = Settings(
         slack_bot_token="xoxb-sandbox-" + secrets.token_hex(8),
         slack_signing_secret=signing_secret,
         slack_api_url=slack.api_url,
-        vault_addr=backends.bao.addr,
+        vault_addr=vault_addr or backends.bao.addr,
         vault_token=backends.bot_token,
         database_url=database_url,
         breakglass_config=(workdir or Path(".")) / "breakglass.yml",
