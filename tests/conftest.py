@@ -1,5 +1,5 @@
 """Fixtures: one OpenBao and one PostgreSQL per session; a fresh bot, Slack fake and
-database per test."""
+database per test; a fault proxy in front of OpenBao for the tests that want one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.sandbox.faultproxy import FaultProxy
 from bot.sandbox.slack_fake import FakeSlack
 from bot.sandbox.stack import Backends, Bot, Clock, start_bot
 
@@ -21,6 +22,13 @@ def backends() -> Iterator[Backends]:
     b = Backends.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def vault_proxy(backends: Backends) -> Iterator[FaultProxy]:
+    """A FaultProxy in front of the session's OpenBao; point a bot at `vault_proxy.url`."""
+    with FaultProxy("127.0.0.1", backends.bao.port) as proxy:
+        yield proxy
 
 
 @pytest.fixture

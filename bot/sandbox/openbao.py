@@ -25,13 +25,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_serving(process: subprocess.Popen, url: str, what: str, timeout: float) -> None:
-    """Return once `url` answers 200; RuntimeError (with the process's stderr, if piped)
-    when the process exits first or `timeout` passes."""
+def wait_until_serving(
+    process: subprocess.Popen,
+    url: str,
+    what: str,
+    timeout: float,
+    *,
+    log: Path | None = None,
+    log_offset: int = 0,
+) -> None:
+    """Return once `url` answers 200; RuntimeError when the process exits first (with what
+    it wrote: the `log` file it writes to, from `log_offset` on, or its stderr if piped) or
+    `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            err = process.stderr.read().decode() if process.stderr else ""
+            if log is not None:
+                with log.open("rb") as f:
+                    f.seek(log_offset)
+                    err = f.read().decode(errors="replace")
+            else:
+                err = process.stderr.read().decode() if process.stderr else ""
             raise RuntimeError(f"{what} exited with {process.returncode} at start\n{err}")
         try:
             if requests.get(url, timeout=1).status_code == 200:

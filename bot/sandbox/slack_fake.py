@@ -7,8 +7,12 @@ import copy
 import itertools
 import json
 import re
+import socket
+import struct
+import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,14 +21,35 @@ from urllib.parse import parse_qs, urlencode
 import requests
 from slack_sdk.signature import SignatureVerifier
 
+from bot.sandbox.serving import ServerThread
+
+# SO_LINGER on with 0 s: close() resets the connection.
+_RESET = struct.pack("ii", 1, 0)
+
 
 @dataclass
 class Call:
-    """One Web API call (or response_url post) the bot made."""
+    """One Web API call (or response_url post) the bot made, and how the fake answered it.
+
+    Every attempt is kept, the faulted ones too, so a test can count retries: `status` is the
+    HTTP status answered (0: none yet, a hung call, or none at all, a reset), `error` the
+    Slack error of an `{"ok": false}` answer, `fault` names the scripted fault that met it
+    (None when only the fake's Slack rules answered, which may still be an error:
+    `message_not_found`, `not_in_channel`). `ok` says Slack did the work.
+    """
 
     method: str
     args: dict[str, Any]
     token: str | None = None
+    status: int = 0
+    error: str | None = None
+    fault: str | None = None
+    response: dict[str, Any] | None = field(default=None, repr=False)
+    at: float = field(default_factory=time.monotonic)  # when it arrived (monotonic clock)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
 
     def dump(self) -> str:
         return json.dumps(self.args, sort_keys=True, default=str)
@@ -41,8 +66,52 @@ class Message:
     edits: int = 0
 
 
+@dataclass
+class _Fault:
+    """A scripted answer for one method; `times` None means until cleared."""
+
+    label: str
+    status: int = 200
+    error: str | None = None
+    retry_after: int | None = None
+    hang: float = 0.0  # seconds to wait, then answer as usual
+    reset: bool = False  # no answer at all: the connection is reset
+    times: int | None = 1
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    reset: bool = False
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # A hung answer must not hold up stop(); hangs are woken by stop() anyway.
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timeout test) leaves a broken pipe behind: expected here.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FakeSlack:
-    """Answers the Web API methods the bot uses; everything it receives is kept in `calls`."""
+    """Answers the Web API methods the bot uses; everything it receives is kept in `calls`.
+
+    Faults are scripted per method and met in the order they were added:
+    `fail("chat.postMessage", status=500, times=3)`, `fail(..., status=429, retry_after=1)`,
+    `fail("views.open", error="expired_trigger_id")`, `hang("chat.update", seconds=5)`,
+    `drop(method)` (connection reset, no answer), `outage()` for every method at once,
+    `clear_faults()`. Set `bot_in_channel = False` and
+    posts to channels answer `not_in_channel` until it is True again (or the bot joins).
+
+    Reading: `calls` holds every attempt; `calls_to(method)` only those Slack accepted
+    (what people saw), `attempts_to(method)` all of them, faulted ones included. To assert
+    that the bot did not even try, use `attempts_to`.
+    """
 
     TEAM = "T0SANDBOX"
     BOT_USER = "U0BREAKGLS"
@@ -50,10 +119,16 @@ class FakeSlack:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.messages: list[Message] = []
+        self.views: dict[str, dict[str, Any]] = {}  # view id -> the view as it is now
+        self.bot_in_channel = True
+        self.channel_members: dict[str, list[str]] = {}
+        self._faults: dict[str, deque[_Fault]] = {}
+        self._outage: int | None = None
         self._ts = itertools.count(1)
         self._lock = threading.Lock()
+        self._released = threading.Event()  # set by stop(): wakes every hung answer
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
         self.url = ""
 
     # ---- server -------------------------------------------------------------------------
@@ -77,20 +152,27 @@ class FakeSlack:
                     args["_user"] = path.split("/")[2]
                 else:
                     method = path.removeprefix("/api/")
-                answer = fake._answer(method, args, token)
-                body = json.dumps(answer).encode()
-                self.send_response(200)
+                answer = fake._attempt(method, args, token)
+                if answer.reset:
+                    # RST instead of FIN: the client sees "connection reset by peer".
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                body = json.dumps(answer.body).encode()
+                self.send_response(answer.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._released.clear()
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._serving = ServerThread(self._server, "fake-slack").start()
         return self
 
     @property
@@ -98,9 +180,10 @@ class FakeSlack:
         return f"{self.url}/api/"
 
     def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+        self._released.set()
+        if self._serving:
+            self._serving.stop()
+            self._serving = None
 
     def __enter__(self) -> FakeSlack:
         return self.start()
@@ -108,67 +191,224 @@ class FakeSlack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _answer(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+    # ---- scripting faults ----------------------------------------------------------------
+
+    def fail(
+        self,
+        method: str,
+        *,
+        status: int = 200,
+        error: str | None = None,
+        retry_after: int | None = None,
+        times: int | None = 1,
+    ) -> None:
+        """The next `times` calls to `method` (None: every call until `clear_faults`) answer
+        HTTP `status` (500, 503, 429...) or, with status 200, `{"ok": false, "error": error}`.
+        `retry_after` (seconds) adds a `Retry-After` header, as Slack sends with a 429;
+        without it none is sent. Nothing the call asked for is done."""
+        if status == 200 and error is None:
+            raise ValueError("say what fails: an HTTP status other than 200, or an error")
+        error = error or ("ratelimited" if status == 429 else "internal_error")
+        label = f"HTTP {status} {error}" if status != 200 else error
+        self._script(method, _Fault(label, status, error, retry_after, times=times))
+
+    def hang(self, method: str, *, seconds: float, times: int | None = 1) -> None:
+        """The next `times` calls to `method` wait `seconds` and then are answered and done
+        as usual, as a slow Slack does: a client that gave up meanwhile may still have
+        posted. `stop()` ends every wait at once."""
+        self._script(method, _Fault(f"hang {seconds} s", hang=seconds, times=times))
+
+    def drop(self, method: str, *, times: int | None = 1) -> None:
+        """The next `times` calls to `method` get no answer: the connection is reset once
+        the request is read (the client sees ECONNRESET). Nothing is done."""
+        self._script(method, _Fault("connection reset", status=0, reset=True, times=times))
+
+    def outage(self, on: bool = True, *, status: int = 500) -> None:
+        """While on, every method (response_url posts too) answers HTTP `status`."""
         with self._lock:
-            self.calls.append(Call(method, args, token))
-            if method == "auth.test":
-                return {
-                    "ok": True,
-                    "team_id": self.TEAM,
-                    "user_id": self.BOT_USER,
-                    "bot_id": "B0BREAKGLS",
-                    "url": "https://sandbox.slack.example/",
-                }
-            if method == "chat.postMessage":
-                channel = str(args.get("channel"))
-                if channel.startswith(("U", "W")):
-                    channel = "D" + channel[1:]  # a DM with the bot, as Slack does
-                ts = f"{int(time.time())}.{next(self._ts):06d}"
-                msg = Message(
-                    channel,
-                    ts,
-                    args.get("text") or "",
-                    args.get("blocks") or [],
-                    args.get("thread_ts"),
-                    bool(args.get("reply_broadcast")),
-                )
-                self.messages.append(msg)
-                return {
-                    "ok": True,
-                    "channel": channel,
-                    "ts": ts,
-                    "message": {"text": msg.text, "blocks": msg.blocks, "ts": ts},
-                }
-            if method == "chat.update":
-                for msg in self.messages:
-                    if msg.channel == args.get("channel") and msg.ts == args.get("ts"):
-                        msg.text = args.get("text") or msg.text
-                        msg.blocks = args.get("blocks") or []
-                        msg.edits += 1
-                        return {"ok": True, "channel": msg.channel, "ts": msg.ts}
-                return {"ok": False, "error": "message_not_found"}
-            if method in ("views.open", "views.push", "views.update"):
-                return {
-                    "ok": True,
-                    "view": {"id": f"V{next(self._ts):08d}", **(args.get("view") or {})},
-                }
-            if method in ("chat.postEphemeral",):
-                return {"ok": True, "message_ts": f"{int(time.time())}.{next(self._ts):06d}"}
-            if method == "response_url":
-                return {"ok": True}
-            if method == "apps.connections.open":
-                # Socket Mode: a WebSocket URL where nothing listens; the sandbox has no
-                # Socket Mode server, it only records that the bot asked for one.
-                return {"ok": True, "url": "ws://127.0.0.1:9/socket-mode-sandbox"}
-            return {"ok": False, "error": "unknown_method"}
+            self._outage = status if on else None
+
+    def clear_faults(self) -> None:
+        """Drop every scripted fault and end an outage (calls already hanging keep waiting)."""
+        with self._lock:
+            self._faults.clear()
+            self._outage = None
+
+    def _script(self, method: str, fault: _Fault) -> None:
+        if fault.times is not None and fault.times < 1:
+            raise ValueError("times must be at least 1, or None for until cleared")
+        with self._lock:
+            self._faults.setdefault(method, deque()).append(fault)
+
+    def _next_fault(self, method: str) -> _Fault | None:
+        """The fault this attempt meets, if any, counted off its budget (lock held)."""
+        if self._outage is not None:
+            return _Fault("outage", self._outage, "internal_error", times=None)
+        queue = self._faults.get(method)
+        if not queue:
+            return None
+        fault = queue[0]
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times == 0:
+                queue.popleft()
+        return fault
+
+    # ---- answering -----------------------------------------------------------------------
+
+    def _attempt(self, method: str, args: dict[str, Any], token: str | None) -> _Answer:
+        with self._lock:
+            call = Call(method, args, token)
+            self.calls.append(call)  # at arrival, so a retry during a hang comes after it
+            fault = self._next_fault(method)
+            if fault is not None:
+                call.fault = fault.label
+            if fault is not None and fault.reset:
+                return _Answer(0, {}, reset=True)
+            if fault is not None and not fault.hang:
+                headers = {}
+                if fault.retry_after is not None:
+                    headers["Retry-After"] = str(fault.retry_after)
+                answer = _Answer(fault.status, {"ok": False, "error": fault.error}, headers)
+                call.status, call.error, call.response = answer.status, fault.error, answer.body
+                return answer
+        if fault is not None:
+            self._released.wait(fault.hang)
+        with self._lock:
+            body = self._answer(method, args)
+            call.status, call.response = 200, body
+            call.error = None if body.get("ok") else str(body.get("error"))
+            return _Answer(200, body)
+
+    def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Slack's own answer to a call no fault met (lock held)."""
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "team_id": self.TEAM,
+                "user_id": self.BOT_USER,
+                "bot_id": "B0BREAKGLS",
+                "url": "https://sandbox.slack.example/",
+            }
+        if method == "chat.postMessage":
+            channel = str(args.get("channel"))
+            if channel.startswith(("U", "W")):
+                channel = "D" + channel[1:]  # a DM with the bot, as Slack does
+            elif channel.startswith(("C", "G")) and not self.bot_in_channel:
+                return {"ok": False, "error": "not_in_channel"}
+            ts = self._new_ts()
+            msg = Message(
+                channel,
+                ts,
+                args.get("text") or "",
+                args.get("blocks") or [],
+                args.get("thread_ts"),
+                bool(args.get("reply_broadcast")),
+            )
+            self.messages.append(msg)
+            return {
+                "ok": True,
+                "channel": channel,
+                "ts": ts,
+                "message": {"text": msg.text, "blocks": msg.blocks, "ts": ts},
+            }
+        if method == "chat.update":
+            for msg in self.messages:
+                if msg.channel == args.get("channel") and msg.ts == args.get("ts"):
+                    msg.text = args.get("text") or msg.text
+                    msg.blocks = args.get("blocks") or []
+                    msg.edits += 1
+                    return {"ok": True, "channel": msg.channel, "ts": msg.ts}
+            return {"ok": False, "error": "message_not_found"}
+        if method in ("views.open", "views.push"):
+            view = self._store_view(args.get("view") or {})
+            return {"ok": True, "view": copy.deepcopy(view)}
+        if method == "views.update":
+            return self._update_view(args)
+        if method == "chat.postEphemeral":
+            return {"ok": True, "message_ts": self._new_ts()}
+        if method == "conversations.info":
+            channel = str(args.get("channel"))
+            return {"ok": True, "channel": self._channel_info(channel)}
+        if method == "conversations.members":
+            channel = str(args.get("channel"))
+            members = [u for u in self.channel_members.get(channel, []) if u != self.BOT_USER]
+            if self.bot_in_channel:
+                members.append(self.BOT_USER)
+            return {"ok": True, "members": members, "response_metadata": {"next_cursor": ""}}
+        if method == "conversations.join":
+            self.bot_in_channel = True
+            return {"ok": True, "channel": self._channel_info(str(args.get("channel")))}
+        if method == "response_url":
+            return {"ok": True}
+        if method == "apps.connections.open":
+            # Socket Mode: a WebSocket URL where nothing listens; the sandbox has no
+            # Socket Mode server, it only records that the bot asked for one.
+            return {"ok": True, "url": "ws://127.0.0.1:9/socket-mode-sandbox"}
+        return {"ok": False, "error": "unknown_method"}
+
+    def _new_ts(self) -> str:
+        return f"{int(time.time())}.{next(self._ts):06d}"
+
+    def _store_view(self, view: dict[str, Any], view_id: str | None = None) -> dict[str, Any]:
+        stored = {
+            **view,
+            "id": view_id or f"V{next(self._ts):08d}",
+            "hash": f"{time.time():.6f}.{next(self._ts)}",
+        }
+        self.views[stored["id"]] = stored
+        return stored
+
+    def _update_view(self, args: dict[str, Any]) -> dict[str, Any]:
+        view_id = args.get("view_id")
+        if not view_id and args.get("external_id"):
+            view_id = next(
+                (
+                    vid
+                    for vid, v in self.views.items()
+                    if v.get("external_id") == args["external_id"]
+                ),
+                None,
+            )
+        current = self.views.get(str(view_id)) if view_id else None
+        if current is None:
+            return {"ok": False, "error": "not_found"}
+        if args.get("hash") and args["hash"] != current["hash"]:
+            return {"ok": False, "error": "hash_conflict"}  # someone updated it meanwhile
+        view = self._store_view(args.get("view") or {}, current["id"])
+        return {"ok": True, "view": copy.deepcopy(view)}
+
+    def _channel_info(self, channel: str) -> dict[str, Any]:
+        is_dm = channel.startswith("D")
+        return {
+            "id": channel,
+            "name": channel.lower(),
+            "is_channel": channel.startswith("C"),
+            "is_private": channel.startswith("G"),
+            "is_im": is_dm,
+            "is_member": is_dm or self.bot_in_channel,
+        }
+
+    def register_view(self, view: dict[str, Any]) -> str:
+        """Give `view` an id as Slack would for a modal it shows (the driver uses this for
+        views it submits that the bot did not open through this fake)."""
+        with self._lock:
+            return str(self._store_view(view)["id"])
 
     # ---- reading what was sent -----------------------------------------------------------
 
     def calls_to(self, method: str) -> list[Call]:
+        """Calls to `method` that Slack accepted (`ok`): what people saw."""
+        with self._lock:
+            return [c for c in self.calls if c.method == method and c.ok]
+
+    def attempts_to(self, method: str) -> list[Call]:
+        """Every call to `method`, faulted or refused ones included: to count retries."""
         with self._lock:
             return [c for c in self.calls if c.method == method]
 
     def everything_sent(self) -> str:
+        """Every attempt: what reached Slack, even when Slack then answered an error."""
         with self._lock:
             return "\n".join(f"{c.method} {c.dump()}" for c in self.calls)
 
@@ -187,9 +427,12 @@ class FakeSlack:
         return self.channel_messages("D" + user[1:])
 
     def ephemerals(self, user: str | None = None) -> list[str]:
-        """Private replies through response_url (and chat.postEphemeral) to `user`."""
+        """Private replies through response_url (and chat.postEphemeral) to `user` that
+        Slack accepted."""
+        with self._lock:
+            calls = [c for c in self.calls if c.ok]
         out = []
-        for c in self.calls:
+        for c in calls:
             if c.method == "response_url" and (user is None or c.args.get("_user") == user):
                 out.append(c.args.get("text", ""))
             elif c.method == "chat.postEphemeral" and (user is None or c.args.get("user") == user):
@@ -197,7 +440,22 @@ class FakeSlack:
         return out
 
     def views_opened(self) -> list[dict[str, Any]]:
-        return [c.args["view"] for c in self.calls_to("views.open")]
+        """Modals opened (views.open), as the bot sent them plus the `id` Slack gave them."""
+        return [
+            {**c.args["view"], "id": (c.response or {})["view"]["id"]}
+            for c in self.calls_to("views.open")
+        ]
+
+    def views_updated(self) -> list[dict[str, Any]]:
+        """Successful views.update calls' views, as the bot sent them, with their `view_id`."""
+        return [
+            {**c.args["view"], "id": c.args.get("view_id")} for c in self.calls_to("views.update")
+        ]
+
+    def view(self, view_id: str) -> dict[str, Any]:
+        """The modal `view_id` as it is now (after every update), with its `hash`."""
+        with self._lock:
+            return copy.deepcopy(self.views[view_id])
 
 
 def _decode(raw: str, content_type: str) -> dict[str, Any]:
@@ -278,14 +536,18 @@ class SlackDriver:
     def submit_view(
         self, user: str, view: dict[str, Any], values: dict[str, Any], **kw: Any
     ) -> requests.Response:
-        """Submit `view` (as the bot opened it) with state `values`."""
+        """Submit `view` (as the bot opened it) with state `values`; the submission carries
+        the id Slack gave the view, as Slack's does."""
+        view_id = view.get("id")
+        if view_id not in self.fake.views:
+            view_id = self.fake.register_view(view)
         payload = {
             "type": "view_submission",
             "team": {"id": FakeSlack.TEAM},
             "user": {"id": user, "team_id": FakeSlack.TEAM},
             "api_app_id": "A0BREAKGLS",
             "trigger_id": f"trig.{next(self._n)}",
-            "view": {**view, "id": f"V{next(self._n):08d}", "state": {"values": values}},
+            "view": {**view, "id": view_id, "state": {"values": values}},
         }
         return self._interaction(payload, **kw)
 

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +30,7 @@ from bot.sandbox.openbao import (
     wait_until_serving,
 )
 from bot.sandbox.postgres import EmbeddedPostgres
+from bot.sandbox.serving import ServerThread
 from bot.sandbox.slack_fake import FakeSlack, SlackDriver
 from bot.settings import Settings
 from bot.usecases.ports import utcnow
@@ -111,15 +114,16 @@ class BotServer:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.server = make_server("127.0.0.1", 0, runtime.web, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._serving = ServerThread(self.server, "bot-server")
 
     def start(self) -> BotServer:
-        self.thread.start()
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        """Returns at once when idle; a request still in flight is waited for (werkzeug
+        joins its threads), so the runtime is not stopped under a running listener."""
+        self._serving.stop()
 
 
 class Clock:
@@ -163,15 +167,17 @@ def start_bot(
     clock: Callable[[], datetime] = utcnow,
     start_scheduler: bool = True,
     workdir: Path | None = None,
+    vault_addr: str | None = None,
 ) -> Bot:
-    """Build the bot as `breakglass serve` does, pointed at the embedded parts."""
+    """Build the bot as `breakglass serve` does, pointed at the embedded parts (Vault at
+    `vault_addr` when given: a FaultProxy in front of the embedded OpenBao)."""
     signing_secret = secrets.token_hex(16)
     policy: Policy = parse_policy(policy_text)
     settings = Settings(
         slack_bot_token="xoxb-sandbox-" + secrets.token_hex(8),
         slack_signing_secret=signing_secret,
         slack_api_url=slack.api_url,
-        vault_addr=backends.bao.addr,
+        vault_addr=vault_addr or backends.bao.addr,
         vault_token=backends.bot_token,
         database_url=database_url,
         breakglass_config=(workdir or Path(".")) / "breakglass.yml",
@@ -185,46 +191,139 @@ def start_bot(
 
 class ServeProcess:
     """`breakglass serve` as its own process (gunicorn, as in production), pointed at the
-    embedded parts through the environment contract."""
+    embedded parts through the environment contract.
+
+    Its output goes to `log_path` in `workdir` (read it with `log_text()`): a pipe nobody
+    reads fills up on a long run and blocks the bot. `kill()` is a crash (SIGKILL to the
+    master and its worker), `restart()` starts it again with the same environment and port.
+    Two replicas of one app: `replica()`, or pass the same `signing_secret`, `bot_token`
+    and `database_url` (a PostgreSQL one) to two instances.
+    """
 
     def __init__(
-        self, backends: Backends, slack: FakeSlack, workdir: Path, *, policy_text: str = POLICY
+        self,
+        backends: Backends,
+        slack: FakeSlack,
+        workdir: Path,
+        *,
+        policy_text: str = POLICY,
+        database_url: str | None = None,
+        vault_addr: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        signing_secret: str | None = None,
+        bot_token: str | None = None,
     ):
-        self.signing_secret = secrets.token_hex(16)
+        self.backends, self.slack, self.workdir = backends, slack, workdir
+        self.policy_text = policy_text
+        self.signing_secret = signing_secret or secrets.token_hex(16)
+        self.bot_token = bot_token or "xoxb-sandbox-" + secrets.token_hex(8)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.database_url = f"sqlite:///{workdir / 'serve.db'}"
+        self.database_url = database_url or f"sqlite:///{workdir / 'serve.db'}"
+        self.vault_addr = vault_addr or backends.bao.addr
+        self.extra_env = dict(extra_env or {})
+        self.log_path = workdir / f"serve-{self.port}.log"
+        # gunicorn (since 24) opens a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl, else
+        # ~/.gunicorn/gunicorn.ctl, and a new instance unlinks and takes over the previous
+        # one's: every serve process here (and every other test run on the machine) would
+        # share one. A runtime dir of its own keeps each process to itself.
+        runtime_dir = workdir / f"run-{self.port}"
+        runtime_dir.mkdir(mode=0o700, exist_ok=True)
         policy = workdir / "breakglass.yml"
         policy.write_text(policy_text)
         self.env = {
             **{k: v for k, v in os.environ.items() if k != "SLACK_APP_TOKEN"},
-            "SLACK_BOT_TOKEN": "xoxb-sandbox-" + secrets.token_hex(8),
+            "SLACK_BOT_TOKEN": self.bot_token,
             "SLACK_SIGNING_SECRET": self.signing_secret,
             "SLACK_API_URL": slack.api_url,
-            "VAULT_ADDR": backends.bao.addr,
+            "VAULT_ADDR": self.vault_addr,
             "VAULT_TOKEN": backends.bot_token,
             "DATABASE_URL": self.database_url,
             "BREAKGLASS_CONFIG": str(policy),
+            "XDG_RUNTIME_DIR": str(runtime_dir),
+            **self.extra_env,
         }
         self.driver = SlackDriver(self.url, self.signing_secret, slack)
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> ServeProcess:
-        exe = str(Path(sys.executable).parent / "breakglass")
-        self.process = subprocess.Popen(
-            [exe, "serve", "--port", str(self.port), "--host", "127.0.0.1"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+    def replica(self, workdir: Path | None = None) -> ServeProcess:
+        """A second process of the same app: same secrets, database, Vault address, policy
+        and extra environment; its own port (and log). Not started."""
+        return ServeProcess(
+            self.backends,
+            self.slack,
+            workdir or self.workdir,
+            policy_text=self.policy_text,
+            database_url=self.database_url,
+            vault_addr=self.vault_addr,
+            extra_env=self.extra_env,
+            signing_secret=self.signing_secret,
+            bot_token=self.bot_token,
         )
+
+    def start(self, timeout: float = 30) -> ServeProcess:
+        """Start (again, after `stop()` or `kill()`) on the same port; return once
+        /healthz answers. RuntimeError with the process's output if it exits first."""
+        if self.running:
+            raise RuntimeError("breakglass serve is already running")
+        exe = str(Path(sys.executable).parent / "breakglass")
+        with self.log_path.open("ab") as log:
+            if log.tell():
+                log.write(b"\n==== started again ====\n")
+                log.flush()
+            offset = log.tell()
+            self.process = subprocess.Popen(
+                [exe, "serve", "--port", str(self.port), "--host", "127.0.0.1"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own process group, so kill() takes gunicorn's worker down with the
+                # master, as a crash of the container would.
+                start_new_session=True,
+            )
         try:
-            wait_until_serving(self.process, f"{self.url}/healthz", "breakglass serve", timeout)
+            wait_until_serving(
+                self.process,
+                f"{self.url}/healthz",
+                "breakglass serve",
+                timeout,
+                log=self.log_path,
+                log_offset=offset,
+            )
         except RuntimeError:
-            self.stop()
+            self.kill()
             raise
         return self
 
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        """Everything the process wrote (every start), stdout and stderr together."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20) -> None:
+        """Graceful stop (SIGTERM, as an orchestrator sends); SIGKILL if it hangs."""
+        if self.running:
+            assert self.process is not None
             self.process.terminate()
-            self.process.wait(20)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()  # whatever is left of the group: a worker that outlived its master
+
+    def kill(self) -> None:
+        """Crash it: SIGKILL to the whole process group, no clean-up of any kind."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def restart(self, timeout: float = 30) -> ServeProcess:
+        """Stop gracefully if running, then start with the same environment and port."""
+        self.stop()
+        return self.start(timeout)
