@@ -5,6 +5,7 @@ Kubernetes auth, which needs a cluster)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,8 +18,9 @@ import pytest
 import requests
 import responses
 
-from bot.sandbox.openbao import enable_approle
-from bot.sandbox.stack import CAPPED_ROLE, Backends
+from bot.sandbox.openbao import BOT_POLICY_FILE, enable_approle
+from bot.sandbox.slack_fake import FakeSlack
+from bot.sandbox.stack import CAPPED_ROLE, POLICY, Backends
 from providers import (
     ChildToken,
     GrantSpec,
@@ -41,6 +43,7 @@ from providers.vault_database import VaultDatabaseProvider
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+BREAKGLASS = str(Path(sys.executable).parent / "breakglass")
 VAULT = "http://vault.test:8200"
 
 
@@ -476,3 +479,118 @@ def test_a_missing_kubernetes_token_file_is_named(tmp_path):
     auth = VaultAuth(VAULT, KubernetesLogin("breakglass", str(missing)))
     with pytest.raises(ProviderError, match=f"service account token at {missing} "):
         auth.login()
+
+
+# ---- check-config --online, through the real CLI -------------------------------------------
+
+
+def check_config(backends: Backends, slack: FakeSlack, tmp_path: Path, policy: str, **env: str):
+    path = tmp_path / "breakglass.yml"
+    path.write_text(policy)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLACK_", "VAULT_", "DATABASE_URL", "BREAKGLASS_"))
+    }
+    return subprocess.run(
+        [BREAKGLASS, "check-config", "--online"],
+        env={
+            **base,
+            "SLACK_BOT_TOKEN": "xoxb-1",
+            "SLACK_SIGNING_SECRET": "s3cr3t",
+            "SLACK_API_URL": slack.api_url,
+            "VAULT_ADDR": backends.bao.addr,
+            "VAULT_TOKEN": backends.bot_token,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'bg.db'}",
+            "BREAKGLASS_CONFIG": str(path),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+
+def test_check_config_names_a_missing_role_and_a_max_duration_above_max_ttl(
+    backends, slack, tmp_path
+):
+    policy = POLICY.replace(
+        "options: {mount: database, role: breakglass-rw}\n    max_duration: 1h",
+        f"options: {{mount: database, role: {CAPPED_ROLE}}}\n    max_duration: 1h",
+    ).replace(
+        "options: {mount: database, role: breakglass-rw}\n    max_duration: 30m",
+        "options: {mount: database, role: breakglass-gone}\n    max_duration: 30m",
+    )
+    r = check_config(backends, slack, tmp_path, policy)
+    addr = backends.bao.addr
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stderr.splitlines()
+    assert (
+        f"vault {addr}: database/roles/breakglass-gone does not exist "
+        "(needed by resources.prod-db-two-keys)"
+    ) in lines
+    assert (
+        f"vault {addr}: resources.prod-db.max_duration 1 h is above the max_ttl of "
+        f"database/roles/{CAPPED_ROLE}, 5 min; Vault would end such grants early"
+    ) in lines
+    assert "Traceback" not in r.stderr and backends.bot_token not in r.stderr + r.stdout
+
+
+def test_check_config_falls_back_to_the_mount_max_lease_ttl(backends, slack, tmp_path):
+    """A role without max_ttl: the mount's max_lease_ttl decides (a mount of its own here,
+    tuned to 20 min, so the session's `database/` stays as it is)."""
+    root = backends.bao.client()
+    mount = "database-edge"
+    if f"{mount}/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("database", path=mount, config={"max_lease_ttl": "20m"})
+    root.secrets.database.configure(
+        name="edge-pg",
+        plugin_name="postgresql-database-plugin",
+        connection_url=backends.pg.vault_connection_url(),
+        username=backends.pg.admin_user,
+        password=backends.pg.admin_password,
+        allowed_roles=["no-max"],
+        mount_point=mount,
+        verify_connection=False,
+    )
+    root.secrets.database.create_role(
+        name="no-max",
+        db_name="edge-pg",
+        creation_statements=["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';"],
+        mount_point=mount,
+    )
+    edge = BOT_POLICY_FILE.read_text().replace("database/", f"{mount}/")
+    root.sys.create_or_update_policy("breakglass-bot-edge", edge)
+    token = root.auth.token.create(policies=["breakglass-bot-edge"], ttl="10m")
+    policy = POLICY.replace(
+        "{mount: database, role: breakglass-rw}", f"{{mount: {mount}, role: no-max}}"
+    )
+    r = check_config(backends, slack, tmp_path, policy, VAULT_TOKEN=token["auth"]["client_token"])
+    addr = backends.bao.addr
+    for name, longest in (("prod-db", "1 h"), ("prod-db-two-keys", "30 min")):
+        assert (
+            f"vault {addr}: resources.{name}.max_duration {longest} is above the max_lease_ttl "
+            f"of the {mount}/ mount ({mount}/roles/no-max sets none), 20 min; Vault would end "
+            "such grants early"
+        ) in r.stderr.splitlines(), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_check_config_names_a_missing_kubernetes_token_file(backends, slack, tmp_path):
+    missing = tmp_path / "sa" / "token"
+    r = check_config(
+        backends,
+        slack,
+        tmp_path,
+        POLICY,
+        VAULT_TOKEN="",
+        VAULT_K8S_ROLE="breakglass",
+        VAULT_K8S_TOKEN_PATH=str(missing),
+    )
+    assert r.returncode == 1
+    assert (
+        f"vault {backends.bao.addr}: cannot read the Kubernetes service account token at "
+        f"{missing} (No such file or directory)"
+    ) in r.stderr.splitlines(), r.stderr
+    assert "Traceback" not in r.stderr
