@@ -24,7 +24,7 @@ from providers.base import (
 from providers.vault import VaultBackend
 from providers.vault_database import VaultDatabaseProvider
 
-PROVIDERS: dict[str, type] = {
+PROVIDERS: dict[str, type[Provider]] = {
     VaultDatabaseProvider.name: VaultDatabaseProvider,
 }
 
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 
-def options_problems(provider: str, options: dict[str, Any]) -> list[tuple[tuple, str]]:
+def options_problems(provider: str, options: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
     """Problems with a resource's `options` for `provider`, as (key path, message)."""
     try:
         PROVIDERS[provider].Options.model_validate(options)

@@ -163,7 +163,9 @@ class VaultAuth:
                     f"now ({exc})",
                     ttl=0,
                 )
-            return AuthStatus("degraded", f"cannot check the bot's Vault token: {exc}", ttl=left)
+            return AuthStatus(
+                "degraded", f"cannot check the bot's Vault token: {exc}", ttl=_int(left)
+            )
 
         ttl = int(data.get("ttl") or 0)
         if not ttl and not data.get("expire_time"):  # a root token, or one made without TTL

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from providers.vault import VaultBackend
 
 
 class ProviderError(Exception):
@@ -103,6 +106,8 @@ class Provider(Protocol):
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
+
+    def __init__(self, backend: VaultBackend, options: dict[str, Any]) -> None: ...
 
     def begin(self, spec: GrantSpec) -> ChildToken: ...
 

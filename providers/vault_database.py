@@ -7,7 +7,7 @@ for `check-config --online`. API page: https://openbao.org/api-docs/secret/datab
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import hvac
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,7 +56,7 @@ class VaultDatabaseProvider:
     name: ClassVar[str] = "vault-database"
     Options: ClassVar[type[BaseModel]] = VaultDatabaseOptions
 
-    def __init__(self, backend: VaultBackend, options: dict):
+    def __init__(self, backend: VaultBackend, options: dict[str, Any]) -> None:
         self.backend = backend
         self.options = VaultDatabaseOptions.model_validate(options)
 
