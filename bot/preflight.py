@@ -3,14 +3,19 @@ what a grant will ask of Vault? Better found now than at 2 a.m."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import hvac
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import migrate
+from bot.domain.durations import format_duration
 from bot.policy import Policy
 from bot.settings import Settings
 from bot.store import create_db_engine
-from providers import ProviderError
-from providers.vault import vault_client_from_env, vault_errors
+from providers import ProviderError, VaultForbidden
+from providers.vault import mount_max_lease_ttl, vault_client_from_env, vault_errors
+from providers.vault_database import read_role
 
 # What every grant needs from the bot's token, whatever the provider.
 COMMON_CAPABILITIES = {
@@ -32,6 +37,54 @@ def required_capabilities(policy: Policy) -> dict[str, tuple[set[str], str]]:
             caps, who = needed.get(path, (set(), []))
             needed[path] = (caps | {"read"}, [*who, f"resources.{name}"])
     return {path: (caps, ", ".join(who)) for path, (caps, who) in needed.items()}
+
+
+def database_role_problems(
+    client: hvac.Client, addr: str, policy: Policy, problems: list[str], notes: list[str]
+) -> None:
+    """Each vault-database role exists, and no resource's max_duration is above what the role
+    (or, when its max_ttl is 0, its mount) lets a lease live. Routes: GET {mount}/roles/{role},
+    GET sys/mounts/{mount}/tune."""
+    users: dict[tuple[str, str], list[str]] = {}
+    for name, res in policy.resources.items():
+        if res.provider == "vault-database":
+            mount = str(res.options.get("mount", "database")).strip("/")
+            users.setdefault((mount, str(res.options["role"])), []).append(name)
+    for (mount, role_name), names in sorted(users.items()):
+        path = f"{mount}/roles/{role_name}"
+        who = ", ".join(f"resources.{n}" for n in names)
+        try:
+            role = read_role(client, mount, role_name)
+        except VaultForbidden:
+            notes.append(
+                f"vault {addr}: cannot check {path} (the bot's token lacks read on it; "
+                "see bot/vault/breakglass-bot.hcl)"
+            )
+            continue
+        if role is None:
+            problems.append(f"vault {addr}: {path} does not exist (needed by {who})")
+            continue
+        mount_max = mount_max_lease_ttl(client, mount)
+        if role.max_ttl:
+            limit, source = role.max_ttl, f"the max_ttl of {path}"
+            if mount_max is not None and mount_max < limit:
+                limit, source = mount_max, f"the max_lease_ttl of the {mount}/ mount"
+        elif mount_max is not None:
+            limit, source = mount_max, f"the max_lease_ttl of the {mount}/ mount ({path} sets none)"
+        else:
+            notes.append(
+                f"vault {addr}: {path} sets no max_ttl and the bot's token cannot read "
+                f"sys/mounts/{mount}/tune, so the longest grant Vault allows there is unknown"
+            )
+            continue
+        for n in names:
+            longest = policy.resources[n].max_duration
+            if longest.total_seconds() > limit:
+                problems.append(
+                    f"vault {addr}: resources.{n}.max_duration {format_duration(longest)} is "
+                    f"above {source}, {format_duration(timedelta(seconds=limit))}; Vault would "
+                    "end such grants early"
+                )
 
 
 def online_problems(settings: Settings, policy: Policy) -> tuple[list[str], list[str]]:
@@ -74,6 +127,7 @@ def online_problems(settings: Settings, policy: Policy) -> tuple[list[str], list
                     f"vault {settings.vault_addr}: the bot's token lacks {missing} on {path} "
                     f"(needed by {who}); see bot/vault/breakglass-bot.hcl"
                 )
+            database_role_problems(client, settings.vault_addr, policy, problems, notes)
         except ProviderError as exc:
             problems.append(f"vault {settings.vault_addr}: {exc}")
 

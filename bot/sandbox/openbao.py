@@ -169,3 +169,28 @@ def bot_token(root: hvac.Client, *, ttl: str = "24h") -> str:
         policies=["breakglass-bot"], ttl=ttl, display_name="breakglass-bot", renewable=True
     )
     return created["auth"]["client_token"]
+
+
+def enable_approle(
+    root: hvac.Client,
+    role: str,
+    *,
+    policies: list[str],
+    token_ttl: str,
+    token_max_ttl: str,
+    mount: str = "approle",
+) -> tuple[str, str]:
+    """Enable AppRole at `mount` (once) and create `role`, as a Vault admin would for the bot.
+    Returns (role_id, secret_id)."""
+    if f"{mount}/" not in root.sys.list_auth_methods()["data"]:
+        root.sys.enable_auth_method("approle", path=mount)
+    root.auth.approle.create_or_update_approle(
+        role,
+        token_policies=policies,
+        token_ttl=token_ttl,
+        token_max_ttl=token_max_ttl,
+        mount_point=mount,
+    )
+    role_id = root.auth.approle.read_role_id(role, mount_point=mount)["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id(role, mount_point=mount)["data"]["secret_id"]
+    return role_id, secret_id

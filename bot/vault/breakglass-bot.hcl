@@ -17,6 +17,15 @@ path "auth/token/revoke-accessor" {
 path "auth/token/lookup-accessor" {
   capabilities = ["update"]
 }
+# With AppRole or Kubernetes auth the bot logs in again before its token's max TTL, and Vault
+# revokes a token's children when it ends: grants issued under the previous token would end
+# early. An orphan token role avoids that (create it once as an admin, then give the bot
+# `token_role` in VaultBackend):
+#   vault write auth/token/roles/breakglass-grant orphan=true renewable=false \
+#       allowed_policies=<the resources' policies>
+# path "auth/token/create/breakglass-grant" {
+#   capabilities = ["update"]
+# }
 path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
@@ -26,6 +35,16 @@ path "auth/token/renew-self" {
 
 # vault-database: dynamic credentials from any role of the `database` mount.
 path "database/creds/*" {
+  capabilities = ["read"]
+}
+# `check-config --online` only: that each resource's role exists and that its max_ttl is not
+# below the resource's max_duration. A role holds SQL statements and TTLs, no secret (the
+# connection's password is under database/config/, which stays out of reach).
+path "database/roles/*" {
+  capabilities = ["read"]
+}
+# `check-config --online` only: the mount's max lease TTL, for roles whose max_ttl is 0.
+path "sys/mounts/database/tune" {
   capabilities = ["read"]
 }
 
