@@ -7,7 +7,14 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from bot.sandbox.slack_fake import FakeSlack, Message, plain, render_blocks, request_values
+from bot.sandbox.slack_fake import (
+    FakeSlack,
+    Message,
+    plain,
+    render_blocks,
+    request_values,
+    revealed,
+)
 from bot.sandbox.stack import (
     APPROVER,
     NAMES,
@@ -69,13 +76,8 @@ def run_demo() -> int:
         dm = [m for m in slack.dms(REQUESTER) if m.blocks][-1]
         _say("3. @alice clicks Reveal in her private message")
         d.click(REQUESTER, dm, ActionId.REVEAL).raise_for_status()
-        revealed = slack.views_opened()[-1]
-        code = next(
-            b["text"]["text"]
-            for b in revealed["blocks"]
-            if b.get("type") == "section" and "```" in b["text"]["text"]
-        )
-        fields = dict(line.split(": ", 1) for line in code.strip("`").splitlines() if ": " in line)
+        modal_id = slack.views_opened()[-1]["id"]
+        fields = revealed(slack, modal_id)
         user, password = fields["username"], fields["password"]
 
         ok = backends.pg.can_login(user, password)
@@ -104,7 +106,8 @@ def run_demo() -> int:
         _say(
             "\n================ the Reveal modal @alice saw (password masked here) ================"
         )
-        for block in revealed["blocks"]:
+        shown = next(v for v in reversed(slack.views_updated()) if v["id"] == modal_id)
+        for block in shown["blocks"]:
             text = block.get("text", {}).get("text") or " ".join(
                 e.get("text", "") for e in block.get("elements", [])
             )

@@ -12,6 +12,11 @@ import sqlalchemy as sa
 from flask import Flask
 from slack_bolt import App
 from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
 
 from bot import migrate
 from bot.policy import Policy, load_policy
@@ -21,9 +26,10 @@ from bot.slack.app import create_app, create_web_app
 from bot.slack.notifier import SlackNotifier
 from bot.store import Store, create_db_engine
 from bot.usecases import Breakglass
+from bot.usecases.effects import OutboxWorker
 from bot.usecases.ports import utcnow
 from providers import ProviderError, VaultBackend
-from providers.vault import vault_client_from_env
+from providers.auth import vault_auth_from_env
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,16 @@ class Runtime:
                 c.execute(sa.text("SELECT 1"))
 
         part("database", database)
-        part("vault", self.backend.check)
+
+        def vault() -> None:
+            auth = self.backend.auth
+            ok, reason = auth.readiness() if auth is not None else (True, "")
+            if not ok:
+                raise ProviderError(reason)
+            if auth is None:
+                self.backend.check()
+
+        part("vault", vault)
         if self.client is not None:
             part("slack", self.client.auth_test)
         self._ready_cache = (time.monotonic(), status)
@@ -90,13 +105,18 @@ class Runtime:
 
     def start(self) -> None:
         self.scheduler.start()
+        if self.service.outbox is not None:
+            self.service.outbox.start()
 
     def stop(self) -> None:
         self.scheduler.shutdown()
+        if self.service.outbox is not None:
+            self.service.outbox.stop()
         self.store.engine.dispose()
 
 
 READY_CACHE_SECONDS = 5.0
+AUTH_INTERVAL = 30.0  # seconds between looks at the bot's own Vault token
 
 
 def _reason(exc: Exception) -> str:
@@ -133,13 +153,28 @@ def build(
         )
     store = Store(engine)
     token = settings.vault_token.get_secret_value() if settings.vault_token else None
-    backend = VaultBackend(vault_client_from_env(settings.vault_addr, token))
+    auth = vault_auth_from_env(settings.vault_addr, token, interval=AUTH_INTERVAL)
+    backend = VaultBackend.from_auth(auth)
     bot_token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    client = WebClient(token=bot_token, base_url=settings.slack_base_url() or WebClient.BASE_URL)
-    notifier = SlackNotifier(client, policy.security_channel, settings.vault_addr)
+    client = WebClient(
+        token=bot_token,
+        base_url=settings.slack_base_url() or WebClient.BASE_URL,
+        timeout=10,
+        # Inside one call: 429 (honouring Retry-After), 5xx and connection errors. Longer
+        # outages are the outbox's to ride out.
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=2),
+            ServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
     scheduler = Scheduler(sweep_interval)
-    service = Breakglass(store, policy, backend, notifier, timers=scheduler, clock=clock)
-    scheduler.bind(service)
+    service = Breakglass(store, policy, backend, timers=scheduler, clock=clock)
+    notifier = SlackNotifier(client, service.core, policy.security_channel, settings.vault_addr)
+    service.grants.courier = notifier
+    worker = OutboxWorker(store, clock, notifier.handlers(), inline=process_before_response)
+    service.attach_outbox(worker)
+    scheduler.bind(service, auth)
     secret = settings.slack_signing_secret
     app = create_app(
         service,

@@ -1,69 +1,81 @@
-"""Timers derived from the database (APScheduler), plus a periodic sweep for anything missed."""
+"""Timers derived from the database (APScheduler), a periodic sweep for anything missed, and
+the upkeep of the bot's own Vault token."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from bot.domain.notices import Notice, NoticeKind
 from bot.usecases import Breakglass
-from providers import ProviderError
+from providers.auth import VaultAuth
 
 log = logging.getLogger(__name__)
 
+AUTH_EVERY = timedelta(seconds=30)
 
-def job_id(kind: str, request_id: int) -> str:
-    return f"{kind}:{request_id}"
+
+def job_id(kind: str, key: int) -> str:
+    return f"{kind}:{key}"
 
 
 class Scheduler:
     """One in-memory job per deadline; the database stays the source of truth.
 
     Each replica keeps its own scheduler (APScheduler 3 cannot share a job store between
-    processes); the conditional state changes in the service make racing replicas safe.
+    processes); the conditional state changes in the use cases make racing replicas safe.
     """
 
     def __init__(self, sweep_interval: timedelta = timedelta(seconds=60)):
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(4)},
+            # Enough threads that 200 grants expiring together are revoked together.
+            executors={"default": ThreadPoolExecutor(16)},
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone="UTC",
         )
         self.sweep_interval = sweep_interval
         self.service: Breakglass | None = None
+        self.auth: VaultAuth | None = None
+        self._auth_failing = False
 
-    def bind(self, service: Breakglass) -> None:
+    def bind(self, service: Breakglass, auth: VaultAuth | None = None) -> None:
         self.service = service
+        self.auth = auth
 
-    def at(self, kind: str, request_id: int, when: datetime) -> None:
+    def at(self, kind: str, key: int, when: datetime) -> None:
         assert self.service is not None, "bind() the service first"
         self.scheduler.add_job(
             self.service.deadlines.run,
             "date",
             run_date=when,
-            args=[kind, request_id],
-            id=job_id(kind, request_id),
+            args=[kind, key],
+            id=job_id(kind, key),
             replace_existing=True,
             # The default grace of 1 s silently drops a job that came due while we were down.
             misfire_grace_time=None,
         )
 
-    def cancel(self, kind: str, request_id: int) -> None:
-        job = self.scheduler.get_job(job_id(kind, request_id))
+    def cancel(self, kind: str, key: int) -> None:
+        job = self.scheduler.get_job(job_id(kind, key))
         if job is not None:
             job.remove()
 
     def start(self) -> None:
-        """Act on what is overdue, then schedule every future deadline and the sweep."""
+        """Start at once; the start-up sweep and the timers follow as a job, so the server
+        answers while a thousand overdue grants are being revoked."""
         assert self.service is not None, "bind() the service first"
         self.scheduler.start()
-        done = self.service.deadlines.sweep()
-        if any(done.values()):
-            log.info("startup sweep: %s", done)
-        for kind, request_id, when in self.service.deadlines.pending():
-            self.at(kind, request_id, when)
+        self.scheduler.add_job(
+            self._catch_up,
+            "date",
+            run_date=datetime.now(UTC),
+            id="startup",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
         self.scheduler.add_job(
             self.service.deadlines.sweep,
             "interval",
@@ -72,32 +84,42 @@ class Scheduler:
             replace_existing=True,
             misfire_grace_time=None,
         )
-        self._schedule_token_renewal()
+        if self.auth is not None:
+            self.scheduler.add_job(
+                self.maintain_auth,
+                "interval",
+                seconds=AUTH_EVERY.total_seconds(),
+                id="vault-auth",
+                replace_existing=True,
+                misfire_grace_time=None,
+            )
 
-    def _schedule_token_renewal(self) -> None:
-        backend = self.service.backend
-        try:
-            every = backend.renewal_interval()
-        except ProviderError as exc:
-            log.warning("cannot look up the bot's Vault token (%s); not renewing it", exc)
+    def _catch_up(self) -> None:
+        assert self.service is not None
+        self.service.deadlines.sweep()
+        for kind, key, when in self.service.deadlines.pending():
+            self.at(kind, key, when)
+
+    def maintain_auth(self) -> None:
+        """Renew or replace the bot's Vault token; a token that can be neither is an alert in
+        the security channel (once per episode), not only a log line."""
+        assert self.service is not None and self.auth is not None
+        status = self.auth.maintain()
+        if status.renewed or status.relogged:
+            log.info("the bot's Vault token: %s", status.reason)
+        failing = status.state == "failed"
+        if failing == self._auth_failing:
+            if failing:
+                log.error("the bot's Vault token: %s", status.reason)
             return
-        if every is None:
-            return
-        self.scheduler.add_job(
-            self._renew_token,
-            "interval",
-            seconds=every,
-            id="vault-token-renewal",
-            replace_existing=True,
-            misfire_grace_time=None,
+        self._auth_failing = failing
+        kind = NoticeKind.VAULT_AUTH_FAILING if failing else NoticeKind.VAULT_AUTH_RESTORED
+        log.log(
+            logging.ERROR if failing else logging.INFO, "the bot's Vault token: %s", status.reason
         )
-
-    def _renew_token(self) -> None:
-        try:
-            ttl = self.service.backend.renew_self()
-            log.info("renewed the bot's Vault token; TTL now %s s", ttl)
-        except ProviderError as exc:
-            log.error("could not renew the bot's Vault token: %s", exc)
+        core = self.service.core
+        with core.store.transaction() as s:
+            core.effects.alert(s, None, Notice(kind, None, {"reason": status.reason}))
 
     def shutdown(self) -> None:
         if self.scheduler.running:

@@ -61,6 +61,8 @@ def serve(
         "graceful_timeout": 20,
         "accesslog": "-",
         "preload_app": False,
+        # Two replicas on one host (or test runs) must not take over each other's socket.
+        "control_socket_disable": True,
     }
     _Gunicorn(settings, policy, options, migrate_db).run()
     return 0

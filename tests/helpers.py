@@ -8,7 +8,7 @@ import time
 
 from sqlmodel import select
 
-from bot.sandbox.slack_fake import FakeSlack, Message, request_values
+from bot.sandbox.slack_fake import FakeSlack, Message, request_values, revealed
 from bot.sandbox.stack import REQUESTER, SECURITY_CHANNEL, Bot
 from bot.slack.ids import ActionId, BlockId
 from bot.store import AccessRequest
@@ -84,18 +84,21 @@ def credential_dm(slack: FakeSlack, user: str = REQUESTER) -> Message:
 
 
 def reveal(bot: Bot, slack: FakeSlack, user: str = REQUESTER) -> tuple[str, str]:
-    """Click Reveal; read the username and password from the modal the bot opened."""
+    """Click Reveal; read the username and password from the modal, as it ends up after the
+    bot updated its "Revealing…" window."""
     opened = len(slack.views_opened())
     click(bot, user, credential_dm(slack, REQUESTER), ActionId.REVEAL)
     views = slack.views_opened()
     assert len(views) == opened + 1, f"no reveal modal; ephemerals: {slack.ephemerals()}"
-    code = next(
-        b["text"]["text"]
-        for b in views[-1]["blocks"]
-        if b.get("type") == "section" and "```" in b["text"]["text"]
-    )
-    fields = dict(line.split(": ", 1) for line in code.strip("`").splitlines() if ": " in line)
-    return fields["username"], fields["password"]
+    shown = revealed_fields(slack, views[-1]["id"])
+    return shown["username"], shown["password"]
+
+
+def revealed_fields(slack: FakeSlack, view_id: str) -> dict[str, str]:
+    """The fields the reveal modal `view_id` shows now (after "Revealing…")."""
+    fields = revealed(slack, view_id)
+    assert fields, f"no credential in the modal; updates: {slack.views_updated()}"
+    return fields
 
 
 def request_row(bot: Bot, request_id: int) -> AccessRequest:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from urllib.parse import urlencode
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from sqlmodel import select
 
 from bot.sandbox.slack_fake import request_values
-from bot.sandbox.stack import APPROVER, REQUESTER
+from bot.sandbox.stack import APPROVER, REQUESTER, SECURITY_CHANNEL
 from bot.slack.ids import ActionId
 from bot.store import AccessRequest
 from tests.helpers import open_modal, request_access, request_id_of, request_row
@@ -154,7 +155,8 @@ def test_any_request_form_gets_inline_errors_or_is_recorded(
 @HOSTILE
 @given(value=st.one_of(nasty_text, st.integers().map(str)))
 def test_any_button_value_gets_a_clear_answer(bot, slack, caplog, value):
-    parent = request_access(bot, slack) if not slack.messages else slack.messages[0]
+    cards = [m for m in slack.channel_messages(SECURITY_CHANNEL) if m.thread_ts is None]
+    parent = copy.deepcopy(cards[0]) if cards else request_access(bot, slack)
     for block in parent.blocks:
         for element in block.get("elements", []):
             if element.get("action_id") == ActionId.APPROVE:

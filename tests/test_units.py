@@ -422,8 +422,9 @@ ALLOWED = {
     (Event.CANCELLED, State.PENDING): State.CANCELLED,
     (Event.ISSUED, State.APPROVED): State.ACTIVE,
     (Event.ISSUE_FAILED, State.APPROVED): State.FAILED,
-    (Event.EXPIRED, State.ACTIVE): State.EXPIRED,
-    (Event.REVOKED, State.ACTIVE): State.REVOKED,
+    (Event.ENDING, State.ACTIVE): State.ENDING,
+    (Event.EXPIRED, State.ENDING): State.EXPIRED,
+    (Event.REVOKED, State.ENDING): State.REVOKED,
 }
 MOVING_EVENTS = sorted({event for event, _ in ALLOWED})
 STILL_EVENTS = [
@@ -432,6 +433,10 @@ STILL_EVENTS = [
     Event.REVEALED,
     Event.REVEAL_TAMPER,
     Event.REVOKE_FAILED,
+    Event.REVOCATION_STUCK,
+    Event.DELIVERED,
+    Event.DELIVERY_FAILED,
+    Event.REISSUED,
 ]
 
 
@@ -545,7 +550,12 @@ def test_outsider_may_not_revoke() -> None:
         check_revoker(actor="U0ZZZ", requester=REQUESTER, approvers={"U0AAA"}, state=State.ACTIVE)
 
 
-@pytest.mark.parametrize("state", [s for s in State if s != State.ACTIVE])
+def test_revoking_twice_says_it_is_being_revoked() -> None:
+    with pytest.raises(Refused, match="already being revoked"):
+        check_revoker(actor=REQUESTER, requester=REQUESTER, approvers=set(), state=State.ENDING)
+
+
+@pytest.mark.parametrize("state", [s for s in State if s not in (State.ACTIVE, State.ENDING)])
 def test_only_an_active_grant_can_be_revoked(state: State) -> None:
     with pytest.raises(Refused, match="nothing to revoke"):
         check_revoker(actor=REQUESTER, requester=REQUESTER, approvers={"U0AAA"}, state=state)

@@ -12,6 +12,7 @@ class State(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"  # decided; the credential is being issued
     ACTIVE = "active"
+    ENDING = "ending"  # revocation recorded as owed; retried until Vault confirms
     DENIED = "denied"
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
@@ -36,13 +37,18 @@ class Event(StrEnum):
     CANCELLED = "cancelled"
     ISSUED = "issued"
     ISSUE_FAILED = "issue_failed"
+    ENDING = "ending"
     EXPIRED = "expired"
     REVOKED = "revoked"
     # no state change
     APPROVAL_RECORDED = "approval_recorded"
     REVEALED = "revealed"
     REVEAL_TAMPER = "reveal_tamper"
-    REVOKE_FAILED = "revoke_failed"
+    REVOKE_FAILED = "revoke_failed"  # the first failure of a pending revocation
+    REVOCATION_STUCK = "revocation_stuck"  # pending past the threshold: security alerted
+    DELIVERED = "delivered"  # the credential reached the requester's DM
+    DELIVERY_FAILED = "delivery_failed"  # it did not: that credential was revoked
+    REISSUED = "reissued"  # a fresh credential for an undelivered one
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,9 @@ TRANSITIONS: dict[Event, Transition] = {
     Event.CANCELLED: Transition(frozenset({State.PENDING}), State.CANCELLED),
     Event.ISSUED: Transition(frozenset({State.APPROVED}), State.ACTIVE),
     Event.ISSUE_FAILED: Transition(frozenset({State.APPROVED}), State.FAILED),
-    Event.EXPIRED: Transition(frozenset({State.ACTIVE}), State.EXPIRED),
-    Event.REVOKED: Transition(frozenset({State.ACTIVE}), State.REVOKED),
+    Event.ENDING: Transition(frozenset({State.ACTIVE}), State.ENDING),
+    Event.EXPIRED: Transition(frozenset({State.ENDING}), State.EXPIRED),
+    Event.REVOKED: Transition(frozenset({State.ENDING}), State.REVOKED),
 }
 
 
@@ -84,6 +91,7 @@ def describe_state(state: State) -> str:
         State.PENDING: "waiting for approval",
         State.APPROVED: "approved",
         State.ACTIVE: "active",
+        State.ENDING: "being revoked",
         State.DENIED: "denied",
         State.TIMED_OUT: "timed out",
         State.CANCELLED: "cancelled",
@@ -123,6 +131,8 @@ def quorum_reached(approvals: Iterable[str], requester: str, needed: int) -> boo
 def check_revoker(*, actor: str, requester: str, approvers: set[str], state: State) -> None:
     if actor != requester and actor not in approvers:
         raise Refused("only the requester or an approver of this resource can revoke it")
+    if state == State.ENDING:
+        raise Refused("this access is already being revoked; it ends as soon as Vault confirms")
     if state != State.ACTIVE:
         raise Refused(f"this request is {describe_state(state)}; there is nothing to revoke")
 

@@ -664,3 +664,20 @@ def render_blocks(blocks: list[dict[str, Any]], fallback: str, names: dict[str, 
         elif kind == "actions":
             out.append(" ".join(f"[{e['text']['text']}]" for e in b.get("elements", [])))
     return out
+
+
+def credential_fields(view: dict[str, Any]) -> dict[str, str]:
+    """The fields a reveal modal shows (one section per field: *name* and a code block)."""
+    fields = {}
+    for b in view.get("blocks", []):
+        text = b.get("text", {}).get("text", "") if b.get("type") == "section" else ""
+        if "```" in text and "\n" in text:
+            name, value = text.split("\n", 1)
+            fields[name.strip("*")] = value.strip("`")
+    return fields
+
+
+def revealed(fake: FakeSlack, view_id: str) -> dict[str, str]:
+    """What the reveal modal `view_id` shows now, after the bot filled it in."""
+    updates = [v for v in fake.views_updated() if v["id"] == view_id]
+    return credential_fields(updates[-1]) if updates else {}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import update
 
 from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
@@ -12,7 +16,12 @@ from bot.domain.workflow import Event
 from bot.slack.approval import blocks as approval
 from bot.slack.credential import blocks as credential
 from bot.slack.format import escape, mention, slack_date
+from bot.store import AccessRequest, OutboxEntry
+from bot.usecases.core import Core
+from bot.usecases.effects import Handler, Impossible, Later
 from bot.usecases.ports import Card
+
+log = logging.getLogger(__name__)
 
 
 def notice_text(notice: Notice) -> str:
@@ -74,54 +83,113 @@ def notice_text(notice: Notice) -> str:
     raise ValueError(f"no text for notice {kind}")
 
 
+# Slack errors after which trying again cannot help: the effect is given up, loudly.
+# (`not_in_channel` is not one of them: once someone invites the bot, the card goes out.)
+PERMANENT = frozenset(
+    {
+        "channel_not_found",
+        "is_archived",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "msg_too_long",
+        "no_text",
+        "message_not_found",
+        "cant_update_message",
+        "edit_window_closed",
+        "user_not_found",
+        "cannot_dm_bot",
+        "account_inactive",
+        "invalid_auth",
+        "not_authed",
+        "token_revoked",
+        "missing_scope",
+    }
+)
+
+
 class SlackNotifier:
-    def __init__(self, client: WebClient, security_channel: str, vault_addr: str | None):
+    """Carries out the Slack effects the use cases owe (outbox handlers), and delivers the
+    credential message (the one Slack call that carries a secret, so it is never queued)."""
+
+    def __init__(
+        self, client: WebClient, core: Core, security_channel: str, vault_addr: str | None
+    ):
         self.client = client
+        self.core = core
         self.security_channel = security_channel
         self.vault_addr = vault_addr
 
-    def open_thread(self, card: Card) -> tuple[str, str] | None:
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "card": self.card,
+            "thread": self.thread,
+            "dm": self.dm,
+            "alert": self.alert,
+            "credential": self.credential,
+        }
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """One Web API call; Slack's permanent refusals become Impossible, the rest Later."""
+        try:
+            return getattr(self.client, method)(**kwargs)
+        except SlackApiError as exc:
+            code = str(exc.response.get("error"))
+            if code == "not_in_channel":
+                log.warning(
+                    "the bot is not in the security channel %s: invite it there "
+                    "(/invite @breakglass); the card is posted once it is",
+                    kwargs.get("channel"),
+                )
+            if code in PERMANENT:
+                raise Impossible(f"Slack answered {code} to {method}") from None
+            raise Later(f"Slack answered {code} to {method}") from None
+
+    # ---- the security channel ---------------------------------------------------------
+
+    def card(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
+        assert entry.request_id is not None
+        card = self.core.card(entry.request_id)
         text, body = approval.approval_message(card)
-        resp = self.client.chat_postMessage(
-            channel=self.security_channel, text=text, blocks=body, unfurl_links=False
+        req = card.request
+        if req.channel and req.thread_ts:
+            self._call("chat_update", channel=req.channel, ts=req.thread_ts, text=text, blocks=body)
+            return
+        resp = self._call(
+            "chat_postMessage",
+            channel=self.security_channel,
+            text=text,
+            blocks=body,
+            unfurl_links=False,
         )
-        channel, ts = resp["channel"], resp["ts"]
-        self._reply(channel, ts, card, Event.REQUESTED, card.request.requester, "")
-        return channel, ts
+        with self.core.store.transaction() as s:
+            s.execute(
+                update(AccessRequest)
+                .where(AccessRequest.id == req.id, AccessRequest.channel.is_(None))  # type: ignore[union-attr]
+                .values(channel=resp["channel"], thread_ts=resp["ts"])
+            )
 
-    def _reply(
-        self, channel: str, ts: str, card: Card, event: Event, actor: str, note: str
-    ) -> None:
-        text, body = approval.thread_reply(card, event, actor, note)
-        self.client.chat_postMessage(channel=channel, thread_ts=ts, text=text, blocks=body)
-
-    def record(self, card: Card, event: Event, actor: str, note: str = "") -> None:
+    def thread(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
+        assert entry.request_id is not None
+        card = self.core.card(entry.request_id, seq=int(payload["seq"]))
         req = card.request
         if not (req.channel and req.thread_ts):
-            return
-        self._reply(req.channel, req.thread_ts, card, event, actor, note)
-        text, body = approval.approval_message(card)
-        self.client.chat_update(channel=req.channel, ts=req.thread_ts, text=text, blocks=body)
+            raise Later("the status card is not posted yet")
+        if card.event is None:
+            raise Impossible(f"audit event {payload['seq']} is gone")
+        event = Event(card.event.action)
+        text, body = approval.thread_reply(card, event, payload["actor"], payload.get("note", ""))
+        self._call(
+            "chat_postMessage", channel=req.channel, thread_ts=req.thread_ts, text=text, blocks=body
+        )
 
-    def tell(self, user: str, notice: Notice) -> None:
-        self.client.chat_postMessage(channel=user, text=notice_text(notice))
-
-    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str]:
-        text, body = credential.credential_message(card, wrapping_token, self.vault_addr)
-        resp = self.client.chat_postMessage(channel=card.request.requester, text=text, blocks=body)
-        return resp["channel"], resp["ts"]
-
-    def update_credential(self, card: Card) -> None:
-        grant = card.grant
-        assert grant is not None and grant.dm_channel and grant.dm_ts
-        text, body = credential.credential_status(card)
-        self.client.chat_update(channel=grant.dm_channel, ts=grant.dm_ts, text=text, blocks=body)
-
-    def alert(self, card: Card | None, notice: Notice) -> None:
+    def alert(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
+        notice = Notice.from_json(payload["notice"])
         text = notice_text(notice)
+        card = self.core.card(entry.request_id) if entry.request_id else None
         if card is not None and card.request.channel and card.request.thread_ts:
             req = card.request
-            self.client.chat_postMessage(
+            self._call(
+                "chat_postMessage",
                 channel=req.channel,
                 thread_ts=req.thread_ts,
                 reply_broadcast=True,
@@ -130,6 +198,28 @@ class SlackNotifier:
             )
         else:
             where = f" (request #{notice.request_id})" if notice.request_id else ""
-            self.client.chat_postMessage(
-                channel=self.security_channel, text=f":rotating_light: <!here> {text}{where}"
+            self._call(
+                "chat_postMessage",
+                channel=self.security_channel,
+                text=f":rotating_light: <!here> {text}{where}",
             )
+
+    # ---- the requester ------------------------------------------------------------------
+
+    def dm(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
+        notice = Notice.from_json(payload["notice"])
+        self._call("chat_postMessage", channel=payload["user"], text=notice_text(notice))
+
+    def credential(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
+        assert entry.request_id is not None
+        card = self.core.card(entry.request_id)
+        grant = card.grant
+        if grant is None or not (grant.dm_channel and grant.dm_ts):
+            return  # never delivered: nothing to edit
+        text, body = credential.credential_status(card)
+        self._call("chat_update", channel=grant.dm_channel, ts=grant.dm_ts, text=text, blocks=body)
+
+    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str]:
+        text, body = credential.credential_message(card, wrapping_token, self.vault_addr)
+        resp = self.client.chat_postMessage(channel=card.request.requester, text=text, blocks=body)
+        return resp["channel"], resp["ts"]

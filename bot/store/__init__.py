@@ -1,11 +1,13 @@
 """The store: SQLModel tables, the engine and units of work, the audit chain, the outbox."""
 
 from bot.store.tables import (
+    OPEN_STATES,
     AccessRequest,
     AuditEvent,
     AuditHead,
     Decision,
     Grant,
+    OutboxEntry,
     Review,
     Store,
     UTCDateTime,
@@ -13,11 +15,13 @@ from bot.store.tables import (
 )
 
 __all__ = [
+    "OPEN_STATES",
     "AccessRequest",
     "AuditEvent",
     "AuditHead",
     "Decision",
     "Grant",
+    "OutboxEntry",
     "Review",
     "Store",
     "UTCDateTime",

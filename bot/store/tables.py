@@ -45,8 +45,23 @@ def _ts(nullable: bool = True) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable)
 
 
+# A request is open while it may still lead to, or is, live access. One per person and
+# resource, enforced by the database (a partial unique index), not by a read-then-write.
+OPEN_STATES = ("pending", "approved", "active", "ending")
+
+
 class AccessRequest(SQLModel, table=True):
     __tablename__ = "access_request"
+    __table_args__ = (
+        sa.Index(
+            "uq_access_request_open",
+            "requester",
+            "resource",
+            unique=True,
+            postgresql_where=sa.text("state IN ('pending', 'approved', 'active', 'ending')"),
+            sqlite_where=sa.text("state IN ('pending', 'approved', 'active', 'ending')"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     requester: str = Field(max_length=32, index=True)
@@ -64,6 +79,8 @@ class AccessRequest(SQLModel, table=True):
     # The audit thread in the security channel: parent message's channel and ts.
     channel: str | None = Field(default=None, max_length=32)
     thread_ts: str | None = Field(default=None, max_length=32)
+    # The submission that filed it (Slack's view id): a replayed submission files nothing.
+    submission_key: str | None = Field(default=None, max_length=64, unique=True, index=True)
 
 
 class Decision(SQLModel, table=True):
@@ -86,7 +103,8 @@ class Grant(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     request_id: int = Field(foreign_key="access_request.id", unique=True)
     provider: str = Field(max_length=64)
-    identity: str = Field(max_length=200)
+    identity: str = Field(default="", max_length=200)  # known once the credential is read
+    # Stored before any credential is read with the child token: recovery can always revoke.
     token_accessor: str = Field(max_length=128)
     lease_id: str | None = Field(default=None, max_length=300)
     wrap_accessor: str | None = Field(default=None, max_length=128)
@@ -97,9 +115,19 @@ class Grant(SQLModel, table=True):
     dm_ts: str | None = Field(default=None, max_length=32)
     issued_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    delivered_at: datetime | None = _ts()
+    reveal_claimed_at: datetime | None = _ts()
+    # Ending: the intent (who, why, which end) is recorded first, then retried until Vault
+    # confirms; `ended_at` is set only then.
     ended_at: datetime | None = _ts()
     ended_by: str | None = Field(default=None, max_length=32)
     end_reason: str | None = Field(default=None, max_length=32)  # expired | revoked
+    end_note: str | None = Field(default=None, sa_type=sa.Text)
+    revoke_attempts: int = 0
+    revoke_next_at: datetime | None = _ts()
+    revoke_failing_since: datetime | None = _ts()
+    revoke_error: str | None = Field(default=None, max_length=300)
+    revoke_alerted: bool = False
 
 
 class AuditEvent(SQLModel, table=True):
@@ -125,6 +153,26 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     seq: int = 0
     hash: str = Field(max_length=64)
+
+
+class OutboxEntry(SQLModel, table=True):
+    """An effect the bot owes (a Slack message, a redelivery), recorded in the transaction
+    that made it owed and carried out until done. Never a secret."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: int | None = Field(default=None, index=True)
+    lane: str = Field(max_length=16)  # delivered in order per (request, lane)
+    kind: str = Field(max_length=32)
+    payload: str = Field(sa_type=sa.Text)  # JSON
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    claimed_until: datetime | None = _ts()
+    done_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, max_length=300)
+    failed: bool = False  # done, but definitively impossible (logged)
 
 
 class Review(SQLModel, table=True):
@@ -176,6 +224,9 @@ class Store:
             except BaseException:
                 session.rollback()
                 raise
+        # What waits for this commit (a worker to wake): run once the rows are visible.
+        for hook in session.info.get("after_commit", ()):
+            hook()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:

@@ -6,12 +6,13 @@ from bot.policy import Policy
 from bot.store import Store
 from bot.usecases.core import SYSTEM, Core, NotFound
 from bot.usecases.deadlines import Deadlines
-from bot.usecases.grants import Grants
-from bot.usecases.ports import Card, Clock, Notifier, NoTimers, Timers, utcnow
+from bot.usecases.effects import Effects, OutboxWorker
+from bot.usecases.grants import Courier, Grants
+from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
 from bot.usecases.requests import Requests
 from providers import VaultBackend
 
-__all__ = ["SYSTEM", "Breakglass", "Card", "Core", "NotFound", "Notifier", "Timers"]
+__all__ = ["SYSTEM", "Breakglass", "Card", "Core", "Courier", "NotFound", "Timers"]
 
 
 class Breakglass:
@@ -22,15 +23,22 @@ class Breakglass:
         store: Store,
         policy: Policy,
         backend: VaultBackend,
-        notifier: Notifier,
+        courier: Courier | None = None,
         *,
         timers: Timers | None = None,
         clock: Clock = utcnow,
     ):
-        self.core = Core(store, policy, backend, notifier, timers or NoTimers(), clock)
-        self.grants = Grants(self.core)
+        self.core = Core(store, policy, backend, Effects(clock), timers or NoTimers(), clock)
+        self.grants = Grants(self.core, courier)
         self.requests = Requests(self.core, self.grants)
         self.deadlines = Deadlines(self.core, self.requests, self.grants)
+        self.outbox: OutboxWorker | None = None
+
+    def attach_outbox(self, worker: OutboxWorker) -> None:
+        """Effects owed from now on wake `worker` once their transaction commits."""
+        self.outbox = worker
+        self.core.effects.wake = worker.wake
+        worker.handlers.setdefault("redeliver", self.grants.redeliver)
 
     @property
     def policy(self) -> Policy:
@@ -43,10 +51,6 @@ class Breakglass:
     @property
     def backend(self) -> VaultBackend:
         return self.core.backend
-
-    @property
-    def notifier(self) -> Notifier:
-        return self.core.notifier
 
     def card(self, request_id: int) -> Card:
         return self.core.card(request_id)

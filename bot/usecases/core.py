@@ -4,7 +4,6 @@ changes (a conditional UPDATE plus exactly one audit event, in the caller's tran
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,13 +13,14 @@ from sqlmodel import Session, select
 from bot.domain.workflow import Event, Refused, State, transition
 from bot.policy import Policy, Resource
 from bot.store import AccessRequest, AuditEvent, Decision, Grant, Store, audit
-from bot.usecases.ports import Card, Clock, Notifier, NoTimers, Timers, utcnow
+from bot.usecases.effects import Effects
+from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
 from providers import VaultBackend
 
 log = logging.getLogger(__name__)
 
 SYSTEM = "breakglass"  # the actor of timer-driven events
-CREDENTIAL_MESSAGE_EVENTS = frozenset({Event.REVEALED, Event.REVOKED, Event.EXPIRED})
+CREDENTIAL_MESSAGE_EVENTS = frozenset({Event.REVEALED, Event.ENDING, Event.REVOKED, Event.EXPIRED})
 
 
 class NotFound(Refused):
@@ -34,7 +34,7 @@ class Core:
     store: Store
     policy: Policy
     backend: VaultBackend
-    notifier: Notifier
+    effects: Effects
     timers: Timers = field(default_factory=NoTimers)
     clock: Clock = utcnow
 
@@ -46,14 +46,12 @@ class Core:
             raise NotFound(f"there is no request #{request_id}")
         return req
 
-    def card(
-        self, request_id: int, session: Session | None = None, event: Event | None = None
-    ) -> Card:
-        """What messages about the request show; with `event`, also the latest audit event
-        of that kind, for the thread reply that reports it."""
+    def card(self, request_id: int, session: Session | None = None, seq: int | None = None) -> Card:
+        """What messages about the request show; with `seq`, also that audit event, for the
+        thread reply that reports it."""
         if session is None:
             with self.store.read() as s:
-                return self.card(request_id, s, event)
+                return self.card(request_id, s, seq)
         req = self.get(session, request_id)
         decisions = session.exec(
             select(Decision).where(Decision.request_id == request_id).order_by(Decision.id)
@@ -71,16 +69,21 @@ class Core:
             denied_by=denial.approver if denial else None,
             deny_reason=denial.reason if denial else None,
             grant=grant,
-            event=None
-            if event is None
-            else session.exec(
-                select(AuditEvent)
-                .where(AuditEvent.request_id == request_id, AuditEvent.action == event.value)
-                .order_by(AuditEvent.seq.desc())  # type: ignore[union-attr]
-            ).first(),
+            event=None if seq is None else session.get(AuditEvent, seq),
         )
 
     # ---- changing -----------------------------------------------------------------------
+
+    def lock(self, session: Session, request_id: int) -> AccessRequest:
+        """The request row, locked until the transaction ends (PostgreSQL; SQLite has one
+        writer anyway). Every transaction that changes a request takes this lock first, then
+        the grant, then the audit head: one order, so no deadlock."""
+        req = session.exec(
+            select(AccessRequest).where(AccessRequest.id == request_id).with_for_update()
+        ).first()
+        if req is None:
+            raise NotFound(f"there is no request #{request_id}")
+        return req
 
     def move(
         self,
@@ -89,9 +92,12 @@ class Core:
         event: Event,
         actor: str,
         details: dict[str, Any] | None = None,
+        *,
+        note: str = "",
         **values: Any,
     ) -> AccessRequest:
-        """Apply one transition with its audit event; only one racer can win it."""
+        """Apply one transition with its audit event, and owe the thread reply and the card
+        update that report it, all in the caller's transaction; only one racer can win it."""
         current = State(req.state)
         target = transition(event, current)
         now = self.clock()
@@ -107,34 +113,41 @@ class Core:
                 f"this request just changed (now {fresh.state if fresh else 'gone'}); "
                 "nothing changed"
             )
-        audit.append(
+        self.record(
             session,
-            at=now,
-            actor=actor,
-            action=event,
-            request_id=req.id,
-            details={"from": current.value, "to": target.value, **(details or {})},
+            req.id,
+            event,
+            actor,
+            {"from": current.value, "to": target.value, **(details or {})},
+            note=note,
         )
         session.refresh(req)
         return req
 
-    # ---- telling ------------------------------------------------------------------------
-
-    def after(self, request_id: int, event: Event, actor: str, note: str = "") -> Card:
-        """Tell the thread and refresh the card; a Slack failure is logged, never raised."""
-        card = self.card(request_id, event=event)
-        try:
-            self.notifier.record(card, event, actor, note)
-        except Exception:
-            log.exception("could not post %s for request %s to Slack", event, request_id)
-        if event in CREDENTIAL_MESSAGE_EVENTS and card.grant and card.grant.dm_ts:
-            # The requester's message drops the spent token and the buttons that no longer apply.
-            self.safe(self.notifier.update_credential, card)
-        return card
-
-    @staticmethod
-    def safe(fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("notification %s failed", getattr(fn, "__name__", fn))
+    def record(
+        self,
+        session: Session,
+        request_id: int | None,
+        event: Event,
+        actor: str,
+        details: dict[str, Any] | None = None,
+        *,
+        note: str = "",
+        thread: bool = True,
+    ) -> AuditEvent:
+        """One audit event; with `thread`, also the reply and the card update it is owed."""
+        recorded = audit.append(
+            session,
+            at=self.clock(),
+            actor=actor,
+            action=event,
+            request_id=request_id,
+            details=details,
+        )
+        if thread and request_id is not None:
+            # The card first: the very first reply needs the card it hangs under.
+            self.effects.card(session, request_id)
+            self.effects.thread(session, request_id, recorded.seq, actor, note)
+            if event in CREDENTIAL_MESSAGE_EVENTS:
+                self.effects.credential_changed(session, request_id)
+        return recorded

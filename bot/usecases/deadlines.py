@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,8 +18,13 @@ from bot.usecases.requests import Requests
 
 log = logging.getLogger(__name__)
 
-# Issuing takes well under a second; this long in "approved" means the process died mid-way.
-ISSUE_INTERRUPTED_AFTER = timedelta(minutes=5)
+# Issuing takes well under a second (Vault's timeouts included, well under a minute); this
+# long in "approved" means the process died mid-way. After a restart the request is failed,
+# and anything Vault had made revoked, within two minutes.
+ISSUE_INTERRUPTED_AFTER = timedelta(seconds=90)
+# Due deadlines are handled this many at a time: a restart with 1,000 overdue grants
+# revokes them in parallel, as Vault allows, not one after another.
+SWEEP_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Deadlines:
                 DeadlineKind("timeout", "timed_out", self._pending, requests.time_out),
                 DeadlineKind("expire", "expired", self._active, grants.expire),
                 DeadlineKind("interrupted", "interrupted", self._issuing, self._interrupted),
+                DeadlineKind("revocation", "revoked", self._revocations, grants.try_revoke),
             )
         }
         self.grants = grants
@@ -66,11 +73,20 @@ class Deadlines:
         for req in s.exec(select(AccessRequest).where(AccessRequest.state == "approved")):
             yield req.id, req.updated_at + ISSUE_INTERRUPTED_AFTER
 
+    @staticmethod
+    def _revocations(s: Session) -> Iterator[tuple[int, datetime]]:
+        rows = s.exec(
+            select(Grant.request_id, Grant.revoke_next_at).where(
+                Grant.ended_at.is_(None),  # type: ignore[union-attr]
+                Grant.revoke_next_at.is_not(None),  # type: ignore[union-attr]
+            )
+        )
+        yield from rows
+
     def _interrupted(self, request_id: int) -> bool:
         return self.grants.fail_issue(
             request_id,
-            "interrupted: the bot stopped while issuing; anything Vault had issued "
-            "ends at its own TTL",
+            "interrupted: the bot stopped while issuing; anything Vault had made for it is revoked",
         )
 
     # ---- acting -------------------------------------------------------------------------
@@ -81,18 +97,28 @@ class Deadlines:
             return [(k.name, key, when) for k in self.kinds.values() for key, when in k.due(s)]
 
     def sweep(self) -> dict[str, int]:
-        """Act on every overdue deadline no timer handled (after a restart, say)."""
+        """Act on every overdue deadline no timer handled (after a restart, say), several at
+        a time; each action is a conditional state change, so racing a timer is safe."""
         now = self.core.clock()
         done = {k.done_key: 0 for k in self.kinds.values()} | {"failed": 0}
-        for kind, key, when in self.pending():
-            if when > now:
-                continue
+        due = [(kind, key) for kind, key, when in self.pending() if when <= now]
+        if not due:
+            return done
+
+        def one(item: tuple[str, int]) -> str | None:
+            kind, key = item
             try:
-                if self.run(kind, key):
-                    done[self.kinds[kind].done_key] += 1
+                return self.kinds[kind].done_key if self.run(kind, key) else None
             except Exception:
-                done["failed"] += 1
                 log.exception("sweep could not handle %s of %s", kind, key)
+                return "failed"
+
+        with ThreadPoolExecutor(min(SWEEP_THREADS, len(due)), "sweep") as pool:
+            for key in pool.map(one, due):
+                if key:
+                    done[key] += 1
+        if any(done.values()):
+            log.info("sweep: %s", {k: v for k, v in done.items() if v})
         return done
 
     def run(self, kind: str, key: int) -> bool:

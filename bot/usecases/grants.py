@@ -1,200 +1,348 @@
-"""Use cases of access itself: issue the credential, deliver it, reveal it, end it."""
+"""Use cases of access itself: issue the credential, deliver it, reveal it, end it.
+
+Intent first: the child token's accessor is stored before any credential is read with it,
+an end is recorded (state `ending`) before Vault is asked, and what Vault or Slack could not
+do now is retried until it is done.
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy import update
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
 from bot.domain.workflow import Event, Refused, State, check_revoker
-from bot.store import AccessRequest, Grant, audit
+from bot.store import AccessRequest, Grant, OutboxEntry
 from bot.usecases.core import SYSTEM, Core
-from providers import GrantSpec, ProviderError, WrapTokenInvalid, make_provider
+from bot.usecases.effects import Later
+from bot.usecases.ports import Card
+from providers import (
+    GrantSpec,
+    IssuedCredential,
+    ProviderError,
+    WrapTokenInvalid,
+    make_provider,
+)
 
 log = logging.getLogger(__name__)
 
+REVOKE_BACKOFF_CAP = timedelta(seconds=30)
+# A revocation still pending this long is an alert in the security channel, once.
+REVOCATION_STUCK_AFTER = timedelta(minutes=5)
+# A reveal claimed this long ago and never finished (the bot died mid-way) may be tried again.
+REVEAL_CLAIM_STALE = timedelta(minutes=2)
+TAMPER_REASON = "wrapping token already unwrapped"
+
+
+class Courier(Protocol):
+    """Hands a wrapping token to its requester. Direct, never through the outbox: the token is
+    a secret and is never stored; a failed delivery is redone with a fresh credential."""
+
+    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str]: ...
+
 
 class Grants:
-    def __init__(self, core: Core):
+    def __init__(self, core: Core, courier: Courier | None = None):
         self.core = core
+        self.courier = courier
 
     # ---- issue and deliver ----------------------------------------------------------------
 
+    def _spec(self, req: AccessRequest, duration: timedelta) -> tuple[Any, GrantSpec]:
+        res = self.core.policy.resources[req.resource]
+        provider = make_provider(res.provider, self.core.backend, res.options)
+        spec = GrantSpec(
+            request_id=req.id,
+            resource=req.resource,
+            requester=req.requester,
+            duration=duration,
+            wrap_ttl=self.core.policy.wrap_ttl,
+            options=res.options,
+        )
+        return provider, spec
+
     def issue(self, request_id: int) -> None:
+        """Issue and deliver the credential of an approved request."""
         core = self.core
         with core.store.read() as s:
             req = core.get(s, request_id)
-        res = core.policy.resources[req.resource]
-        spec = GrantSpec(
-            request_id=request_id,
-            resource=req.resource,
-            requester=req.requester,
-            duration=timedelta(seconds=req.duration_seconds),
-            wrap_ttl=core.policy.wrap_ttl,
-            options=res.options,
-        )
         # Our clock starts the grant just before Vault's TTL does: the bot revokes first and
         # Vault's own expiry stays the backstop.
-        issued_at = core.clock()
+        started = now(core)
         try:
-            provider = make_provider(res.provider, core.backend, res.options)
-            issued = provider.issue(spec)
+            provider, spec = self._spec(req, timedelta(seconds=req.duration_seconds))
+            child = provider.begin(spec)
         except Exception as exc:
-            if isinstance(exc, ProviderError):
-                reason = str(exc)
-                log.warning("issuing request %s failed: %s", request_id, reason)
-            else:  # a bug of ours: never leave the request stuck in "approved"
-                reason = "internal error (see the bot's log)"
-                log.exception("issuing request %s failed", request_id)
-            self.fail_issue(request_id, reason)
+            self.fail_issue(request_id, _why(exc, request_id))
             return
-        # The grant ends when Vault ends it: never promise more than Vault gave.
+        # Intent first: the accessor is stored before any credential exists, so whatever
+        # happens next (a crash included), recovery can revoke everything this grant made.
+        lifetime = min(spec.duration, child.expires_at - child.issued_at)
+        with core.store.transaction() as s:
+            req = core.lock(s, request_id)
+            # Failed meanwhile (the sweep took us for dead): what Vault made is owed an end.
+            owed = req.state != State.APPROVED
+            grant = Grant(
+                request_id=request_id,
+                provider=provider.name,
+                token_accessor=child.accessor,
+                issued_at=started,
+                expires_at=started + lifetime,
+            )
+            s.add(grant)
+            if owed:
+                s.flush()
+                _owe(s, grant, "failed", SYSTEM, "the request failed while issuing", now(core))
+        if owed:
+            self.try_revoke(request_id)
+            return
+        try:
+            issued = provider.issue(spec, child)
+        except Exception as exc:
+            self.fail_issue(request_id, _why(exc, request_id))
+            return
         lifetime = min(spec.duration, issued.expires_at - issued.issued_at)
         capped = lifetime < spec.duration
-        try:
-            with core.store.transaction() as s:
-                grant = Grant(
-                    request_id=request_id,
-                    provider=res.provider,
-                    identity=issued.identity,
-                    token_accessor=issued.token_accessor,
-                    lease_id=issued.lease_id,
-                    wrap_accessor=issued.wrap_accessor,
-                    wrap_expires_at=issued.wrap_expires_at,
-                    issued_at=issued_at,
-                    expires_at=issued_at + lifetime,
-                )
-                s.add(grant)
-                core.move(
-                    s,
-                    core.get(s, request_id),
-                    Event.ISSUED,
-                    SYSTEM,
-                    {
-                        "provider": res.provider,
-                        "identity": issued.identity,
-                        "lease_id": issued.lease_id,
-                        "token_accessor": issued.token_accessor,
-                        "expires_at": grant.expires_at.isoformat(),
-                        **(
-                            {"capped_by_vault_seconds": int(lifetime.total_seconds())}
-                            if capped
-                            else {}
-                        ),
-                    },
-                )
-        except Exception:
-            # Never leave a live credential that the database does not know about.
-            core.backend.revoke(issued.token_accessor, issued.lease_id)
-            raise
-        core.timers.at("expire", request_id, grant.expires_at)
         note = (
             f"Vault allowed only {format_duration(lifetime)} of the "
             f"{format_duration(spec.duration)} asked (a max_ttl or the bot token's own TTL)"
             if capped
             else ""
         )
-        card = core.after(request_id, Event.ISSUED, SYSTEM, note)
         try:
-            where = core.notifier.deliver(card, issued.wrapping_token)
-        except Exception:
-            # The token is lost with the message; the requester can revoke and ask again.
-            log.exception("could not deliver the credential of request %s", request_id)
-            return
-        if where:
             with core.store.transaction() as s:
-                s.execute(
-                    update(Grant)
-                    .where(Grant.id == grant.id)
-                    .values(dm_channel=where[0], dm_ts=where[1])
+                req = core.lock(s, request_id)
+                grant = self._grant_of(s, request_id)
+                _credential_into(s, grant, issued, started + lifetime)
+                core.move(
+                    s,
+                    req,
+                    Event.ISSUED,
+                    SYSTEM,
+                    {
+                        "provider": grant.provider,
+                        "identity": issued.identity,
+                        "lease_id": issued.lease_id,
+                        "token_accessor": issued.token_accessor,
+                        "expires_at": (started + lifetime).isoformat(),
+                        **(
+                            {"capped_by_vault_seconds": int(lifetime.total_seconds())}
+                            if capped
+                            else {}
+                        ),
+                    },
+                    note=note,
                 )
+        except Refused:
+            # Failed meanwhile: what was just issued is owed a revocation.
+            self._owe_revocation(request_id, "failed")
+            self.try_revoke(request_id)
+            return
+        core.timers.at("expire", request_id, started + lifetime)
+        self.deliver(request_id, issued.wrapping_token)
+
+    def deliver(self, request_id: int, wrapping_token: str) -> bool:
+        """DM the wrapping token. If Slack does not take it, that credential is revoked and a
+        fresh one issued and delivered once Slack answers (an outbox `redeliver`)."""
+        core = self.core
+        card = core.card(request_id)
+        try:
+            if self.courier is None:
+                raise RuntimeError("no courier")
+            channel, ts = self.courier.deliver(card, wrapping_token)
+        except Exception as exc:
+            reason = _slack_reason(exc)
+            log.warning("could not deliver the credential of request %s: %s", request_id, reason)
+            with core.store.transaction() as s:
+                core.lock(s, request_id)
+                core.record(
+                    s,
+                    request_id,
+                    Event.DELIVERY_FAILED,
+                    SYSTEM,
+                    {"error": reason},
+                    note=reason,
+                )
+                core.effects.redeliver(s, request_id)
+            return False
+        with core.store.transaction() as s:
+            core.lock(s, request_id)
+            grant = self._grant_of(s, request_id)
+            s.execute(
+                update(Grant)
+                .where(Grant.id == grant.id)
+                .values(dm_channel=channel, dm_ts=ts, delivered_at=now(core))
+            )
+            core.record(s, request_id, Event.DELIVERED, SYSTEM, {"identity": grant.identity})
+        log.info("delivered the credential of request %s", request_id)
+        return True
+
+    def redeliver(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
+        """Outbox handler: the old credential revoked first, then a fresh one for the time
+        left, then the DM. Any failure: Later (the next attempt starts with the revocation)."""
+        core = self.core
+        request_id = entry.request_id
+        assert request_id is not None
+        with core.store.read() as s:
+            req = core.get(s, request_id)
+            grant = self._grant_of(s, request_id)
+        if req.state != State.ACTIVE or grant.delivered_at is not None:
+            return  # ended or delivered meanwhile: nothing owed any more
+        left = grant.expires_at - now(core)
+        if left < timedelta(seconds=30):
+            return  # not worth a credential; the grant ends on time as usual
+        try:
+            core.backend.revoke(grant.token_accessor, grant.lease_id)
+            provider, spec = self._spec(req, left)
+            child = provider.begin(spec)
+        except ProviderError as exc:
+            raise Later(str(exc)) from None
+        with core.store.transaction() as s:
+            s.execute(
+                update(Grant)
+                .where(Grant.id == grant.id)
+                .values(token_accessor=child.accessor, lease_id=None, wrap_accessor=None)
+            )
+        try:
+            issued = provider.issue(spec, child)
+        except ProviderError as exc:
+            raise Later(str(exc)) from None
+        with core.store.transaction() as s:
+            core.lock(s, request_id)
+            fresh = self._grant_of(s, request_id)
+            _credential_into(s, fresh, issued, fresh.expires_at)
+            core.record(
+                s,
+                request_id,
+                Event.REISSUED,
+                SYSTEM,
+                {"identity": issued.identity, "token_accessor": issued.token_accessor},
+            )
+        if not self._deliver_once(request_id, issued.wrapping_token):
+            raise Later("Slack did not take the credential message")
+
+    def _deliver_once(self, request_id: int, wrapping_token: str) -> bool:
+        core = self.core
+        try:
+            assert self.courier is not None
+            channel, ts = self.courier.deliver(core.card(request_id), wrapping_token)
+        except Exception as exc:
+            log.warning("redelivery of request %s failed: %s", request_id, _slack_reason(exc))
+            return False
+        with core.store.transaction() as s:
+            core.lock(s, request_id)
+            grant = self._grant_of(s, request_id)
+            s.execute(
+                update(Grant)
+                .where(Grant.id == grant.id)
+                .values(dm_channel=channel, dm_ts=ts, delivered_at=now(core))
+            )
+            core.record(s, request_id, Event.DELIVERED, SYSTEM, {"identity": grant.identity})
+        return True
 
     def fail_issue(self, request_id: int, reason: str) -> bool:
+        """End an approved request that got no credential; revoke whatever Vault made."""
         core = self.core
         try:
             with core.store.transaction() as s:
-                req = core.get(s, request_id)
-                core.move(s, req, Event.ISSUE_FAILED, SYSTEM, {"error": reason})
+                req = core.lock(s, request_id)
+                core.move(s, req, Event.ISSUE_FAILED, SYSTEM, {"error": reason}, note=reason)
+                grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
+                if grant is not None and grant.ended_at is None:
+                    _owe(s, grant, "failed", SYSTEM, reason, now(core))
+                core.effects.dm(
+                    s,
+                    request_id,
+                    req.requester,
+                    Notice(NoticeKind.ISSUE_FAILED, request_id, {"reason": reason}),
+                )
         except Refused:
             return False
-        core.after(request_id, Event.ISSUE_FAILED, SYSTEM, reason)
-        core.safe(
-            core.notifier.tell,
-            req.requester,
-            Notice(NoticeKind.ISSUE_FAILED, request_id, {"reason": reason}),
-        )
+        if grant is not None:
+            self.try_revoke(request_id)
         return True
 
     # ---- reveal -------------------------------------------------------------------------
 
-    def reveal(self, request_id: int, actor: str, wrapping_token: str) -> dict[str, Any]:
-        """Unwrap the requester's credential for the reveal modal. Single use."""
-        core = self.core
-        now = core.clock()
-        with core.store.read() as s:
-            req = core.get(s, request_id)
+    def check_reveal(self, request_id: int, actor: str) -> None:
+        """Refuse early (before a modal opens) what needs no Vault to refuse."""
+        with self.core.store.read() as s:
+            req = self.core.get(s, request_id)
             grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
-        if actor != req.requester:
-            raise Refused("only the requester can reveal this credential")
-        if req.state != State.ACTIVE or grant is None:
-            raise Refused(f"this access is {req.state}; the credential no longer works")
-        if grant.revealed_at is not None:
-            raise Refused(
-                "this credential was already revealed once (it is single-use); "
-                "if you lost it, revoke this access and ask again"
-            )
+        _check_reveal(req, grant, actor, now(self.core))
+
+    def reveal(self, request_id: int, actor: str, wrapping_token: str) -> dict[str, Any]:
+        """Unwrap the requester's credential for the reveal modal. Single use: the token is
+        claimed in the database first, so a second click or a redelivered request is "already
+        revealed", never a tamper alert."""
+        core = self.core
+        at = now(core)
+        with core.store.transaction() as s:
+            req = core.lock(s, request_id)
+            grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
+            _check_reveal(req, grant, actor, at)
+            assert grant is not None
+            s.execute(update(Grant).where(Grant.id == grant.id).values(reveal_claimed_at=at))
         try:
             payload = core.backend.unwrap(wrapping_token)
         except WrapTokenInvalid:
-            if grant.wrap_expires_at and now >= grant.wrap_expires_at:
+            if grant.wrap_expires_at and at >= grant.wrap_expires_at:
                 raise Refused(
                     "the credential's wrapping token has expired unused; "
                     "revoke this access and ask again"
                 ) from None
+            if grant.wrap_accessor and self._wrap_state(grant.wrap_accessor) == "live":
+                # The token in this message is not this grant's: nothing of ours was spent.
+                self._release_claim(grant.id)
+                raise Refused("this message's token does not belong to this access") from None
             self._tamper(request_id, actor)
             raise Refused(
                 "this credential had already been unwrapped by someone before you clicked "
                 "Reveal. Security has been alerted and the access revoked; ask again."
             ) from None
+        except ProviderError as exc:
+            self._release_claim(grant.id)
+            raise Refused(f"{exc}; nothing was spent, try Reveal again in a minute") from None
         with core.store.transaction() as s:
-            s.execute(update(Grant).where(Grant.id == grant.id).values(revealed_at=now))
-            audit.append(
-                s,
-                at=now,
-                actor=actor,
-                action=Event.REVEALED,
-                request_id=request_id,
-                details={"identity": grant.identity},
-            )
-        core.after(request_id, Event.REVEALED, actor)
+            core.lock(s, request_id)
+            s.execute(update(Grant).where(Grant.id == grant.id).values(revealed_at=now(core)))
+            core.record(s, request_id, Event.REVEALED, actor, {"identity": grant.identity})
+        log.info("request %s: credential revealed by its requester", request_id)
         return payload
+
+    def _wrap_state(self, wrap_accessor: str) -> str:
+        try:
+            return self.core.backend.wrap_state(wrap_accessor)
+        except ProviderError:
+            return "gone"
+
+    def _release_claim(self, grant_id: int | None) -> None:
+        with self.core.store.transaction() as s:
+            s.execute(update(Grant).where(Grant.id == grant_id).values(reveal_claimed_at=None))
 
     def _tamper(self, request_id: int, actor: str) -> None:
         core = self.core
-        with core.store.transaction() as s:
-            audit.append(
-                s,
-                at=core.clock(),
-                actor=actor,
-                action=Event.REVEAL_TAMPER,
-                request_id=request_id,
-                details={"reason": "wrapping token already unwrapped"},
-            )
-        card = core.after(request_id, Event.REVEAL_TAMPER, actor)
-        core.safe(core.notifier.alert, card, Notice(NoticeKind.TAMPER, request_id))
         try:
-            self.end(request_id, Event.REVOKED, SYSTEM, "wrapping token already unwrapped")
+            with core.store.transaction() as s:
+                req = core.lock(s, request_id)
+                core.record(s, request_id, Event.REVEAL_TAMPER, actor, {"reason": TAMPER_REASON})
+                core.effects.alert(s, request_id, Notice(NoticeKind.TAMPER, request_id))
+                self._begin_end(s, req, Event.REVOKED, SYSTEM, TAMPER_REASON)
         except Refused:
-            pass
+            return
+        core.timers.cancel("expire", request_id)
+        self.try_revoke(request_id)
 
     # ---- ending -----------------------------------------------------------------------
 
-    def revoke(self, request_id: int, actor: str, reason: str = "revoked early") -> AccessRequest:
+    def revoke(self, request_id: int, actor: str, reason: str = "revoked early") -> bool:
+        """End an active access now. True when Vault confirmed; False when the revocation is
+        recorded and pending (Vault unreachable): it is retried until Vault confirms."""
         core = self.core
         with core.store.read() as s:
             req = core.get(s, request_id)
@@ -212,7 +360,7 @@ class Grants:
         with core.store.read() as s:
             req = core.get(s, request_id)
             grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
-        if req.state != State.ACTIVE or grant is None or grant.expires_at > core.clock():
+        if req.state != State.ACTIVE or grant is None or grant.expires_at > now(core):
             return False
         try:
             self.end(request_id, Event.EXPIRED, SYSTEM, "expired")
@@ -220,52 +368,205 @@ class Grants:
             return False
         return True
 
-    def end(self, request_id: int, event: Event, actor: str, reason: str) -> AccessRequest:
-        """Revoke in Vault first, then record: the database never says "ended" while the
-        credential still works. Failure to revoke is recorded and retried by the sweep."""
+    def end(self, request_id: int, event: Event, actor: str, reason: str) -> bool:
+        """Record the end as owed (state `ending`), then try it at once."""
+        core = self.core
+        with core.store.transaction() as s:
+            req = core.lock(s, request_id)
+            self._begin_end(s, req, event, actor, reason)
+        core.timers.cancel("expire", request_id)
+        return self.try_revoke(request_id)
+
+    def _begin_end(
+        self, s: Session, req: AccessRequest, event: Event, actor: str, reason: str
+    ) -> None:
+        if req.state == State.ENDING:
+            raise Refused("this access is already being revoked; it ends as soon as Vault confirms")
+        if req.state != State.ACTIVE:
+            raise Refused(f"this request is {req.state}; there is nothing to revoke")
+        grant = self._grant_of(s, req.id)
+        self.core.move(s, req, Event.ENDING, actor, {"end": event.value, "reason": reason})
+        _owe(s, grant, event.value, actor, reason, now(self.core))
+
+    def _owe_revocation(self, request_id: int, why: str) -> None:
+        with self.core.store.transaction() as s:
+            grant = self._grant_of(s, request_id)
+            if grant.ended_at is None:
+                _owe(s, grant, why, SYSTEM, why, now(self.core))
+
+    def try_revoke(self, request_id: int) -> bool:
+        """One attempt at an owed revocation (entry point for the timer and the sweep too).
+        Vault first; the state says "ended" only once Vault confirmed. On failure: backoff
+        capped at 30 s, one thread notice when it starts failing, one alert when it is stuck."""
         core = self.core
         with core.store.read() as s:
-            req = core.get(s, request_id)
             grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
-        if req.state != State.ACTIVE or grant is None:
-            raise Refused(f"this request is {req.state}; there is nothing to revoke")
+        if grant is None or grant.ended_at is not None or grant.revoke_next_at is None:
+            return False
         try:
             # Every provider issues through a per-grant child token, so ending a grant is the
             # same for all and needs nothing from the policy (the resource may be gone since).
             core.backend.revoke(grant.token_accessor, grant.lease_id)
         except ProviderError as exc:
-            with core.store.transaction() as s:
-                audit.append(
-                    s,
-                    at=core.clock(),
-                    actor=actor,
-                    action=Event.REVOKE_FAILED,
-                    request_id=request_id,
-                    details={"error": str(exc)},
-                )
-            core.after(request_id, Event.REVOKE_FAILED, actor, str(exc))
-            raise Refused(
-                f"Vault could not revoke it ({exc}); it will be retried, and Vault ends it by "
-                "itself at the lease's expiry"
-            ) from None
-        now = core.clock()
+            self._revoke_failed(request_id, str(exc))
+            return False
+        at = now(core)
         with core.store.transaction() as s:
-            req = core.get(s, request_id)
-            core.move(s, req, event, actor, {"reason": reason, "identity": grant.identity})
+            req = core.lock(s, request_id)
+            fresh = self._grant_of(s, request_id)
+            if fresh.ended_at is not None:
+                return False  # another replica (or the timer and the sweep) got there first
+            s.execute(
+                update(Grant)
+                .where(Grant.id == fresh.id)
+                .values(ended_at=at, revoke_next_at=None, revoke_error=None)
+            )
+            if req.state != State.ENDING:
+                log.info("request %s (%s): its credential is revoked", request_id, req.state)
+                return True
+            event = Event(fresh.end_reason or Event.REVOKED.value)
+            core.move(
+                s,
+                req,
+                event,
+                fresh.ended_by or SYSTEM,
+                {
+                    "reason": fresh.end_note,
+                    "identity": fresh.identity,
+                    "attempts": fresh.revoke_attempts + 1,
+                    **(
+                        {"pending_since": fresh.revoke_failing_since.isoformat()}
+                        if fresh.revoke_failing_since
+                        else {}
+                    ),
+                },
+                note="" if event == Event.EXPIRED else fresh.end_note or "",
+            )
+            core.effects.dm(
+                s,
+                request_id,
+                req.requester,
+                Notice(
+                    NoticeKind.ACCESS_ENDED,
+                    request_id,
+                    {"resource": req.resource, "how": event.value, "by": fresh.ended_by},
+                ),
+            )
+        log.info("request %s: %s; Vault confirmed the revocation", request_id, event.value)
+        return True
+
+    def _revoke_failed(self, request_id: int, error: str) -> None:
+        core = self.core
+        at = now(core)
+        with core.store.transaction() as s:
+            req = core.lock(s, request_id)
+            grant = self._grant_of(s, request_id)
+            if grant.ended_at is not None:
+                return
+            delay = min(REVOKE_BACKOFF_CAP, timedelta(seconds=2 ** min(grant.revoke_attempts, 6)))
+            first_failure = grant.revoke_failing_since is None
+            since = grant.revoke_failing_since or at
+            stuck = at - since >= REVOCATION_STUCK_AFTER and not grant.revoke_alerted
             s.execute(
                 update(Grant)
                 .where(Grant.id == grant.id)
-                .values(ended_at=now, ended_by=actor, end_reason=event.value)
+                .values(
+                    revoke_attempts=grant.revoke_attempts + 1,
+                    revoke_next_at=at + delay,
+                    revoke_failing_since=since,
+                    revoke_error=error[:300],
+                    revoke_alerted=grant.revoke_alerted or stuck,
+                )
             )
-        core.timers.cancel("expire", request_id)
-        core.after(request_id, event, actor, "" if event == Event.EXPIRED else reason)
-        core.safe(
-            core.notifier.tell,
-            req.requester,
-            Notice(
-                NoticeKind.ACCESS_ENDED,
-                request_id,
-                {"resource": req.resource, "how": event.value, "by": actor},
-            ),
+            if first_failure:  # one notice when it starts failing
+                core.record(
+                    s, request_id, Event.REVOKE_FAILED, SYSTEM, {"error": error}, note=error
+                )
+            if stuck:
+                core.record(
+                    s,
+                    request_id,
+                    Event.REVOCATION_STUCK,
+                    SYSTEM,
+                    {"error": error, "since": since.isoformat()},
+                    thread=False,
+                )
+                core.effects.alert(
+                    s,
+                    request_id,
+                    Notice(
+                        NoticeKind.REVOCATION_STUCK,
+                        request_id,
+                        {"since": since.isoformat(), "error": error},
+                    ),
+                )
+        log.warning(
+            "request %s (%s): revocation pending, retrying in %s s: %s",
+            request_id,
+            req.state,
+            int(delay.total_seconds()),
+            error,
         )
-        return req
+        core.timers.at("revocation", request_id, at + delay)
+
+    @staticmethod
+    def _grant_of(s: Session, request_id: int) -> Grant:
+        grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
+        if grant is None:
+            raise Refused(f"request #{request_id} has no credential")
+        return grant
+
+
+def now(core: Core) -> datetime:
+    return core.clock()
+
+
+def _check_reveal(req: AccessRequest, grant: Grant | None, actor: str, at: datetime) -> None:
+    if actor != req.requester:
+        raise Refused("only the requester can reveal this credential")
+    if req.state != State.ACTIVE or grant is None:
+        raise Refused(f"this access is {req.state}; the credential no longer works")
+    claimed = grant.reveal_claimed_at
+    if grant.revealed_at is not None or (claimed and at - claimed < REVEAL_CLAIM_STALE):
+        raise Refused(
+            "this credential was already revealed once (it is single-use); "
+            "if you lost it, revoke this access and ask again"
+        )
+
+
+def _credential_into(s: Session, grant: Grant, issued: IssuedCredential, expires: datetime) -> None:
+    s.execute(
+        update(Grant)
+        .where(Grant.id == grant.id)
+        .values(
+            identity=issued.identity,
+            token_accessor=issued.token_accessor,
+            lease_id=issued.lease_id,
+            wrap_accessor=issued.wrap_accessor,
+            wrap_expires_at=issued.wrap_expires_at,
+            expires_at=expires,
+        )
+    )
+    s.refresh(grant)
+
+
+def _owe(s: Session, grant: Grant, end: str, actor: str, note: str, at: datetime) -> None:
+    s.execute(
+        update(Grant)
+        .where(Grant.id == grant.id)
+        .values(end_reason=end, ended_by=actor, end_note=note, revoke_next_at=at)
+    )
+
+
+def _why(exc: Exception, request_id: int) -> str:
+    if isinstance(exc, ProviderError):
+        log.warning("issuing request %s failed: %s", request_id, exc)
+        return str(exc)
+    log.error("issuing request %s failed", request_id, exc_info=exc)
+    return "internal error (see the bot's log)"
+
+
+def _slack_reason(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    code = response.get("error") if hasattr(response, "get") else None
+    return f"Slack answered {code}" if code else f"Slack unreachable ({type(exc).__name__})"

@@ -18,13 +18,11 @@ from bot.domain.workflow import (
     describe_state,
     quorum_reached,
 )
-from bot.store import AccessRequest, Decision, audit
+from bot.store import OPEN_STATES, AccessRequest, Decision
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.grants import Grants
 
 log = logging.getLogger(__name__)
-
-OPEN_STATES = (State.PENDING.value, State.APPROVED.value, State.ACTIVE.value)
 
 
 class Requests:
@@ -51,7 +49,7 @@ class Requests:
 
     @staticmethod
     def _open_request(s: Session, requester: str, resource: str) -> AccessRequest | None:
-        """The requester's request for `resource` that is pending or active, if any."""
+        """The requester's request for `resource` that is pending or live, if any."""
         return s.exec(
             select(AccessRequest).where(
                 AccessRequest.requester == requester,
@@ -68,8 +66,11 @@ class Requests:
             f"use it, or `/breakglass {verb} {req.id}` first."
         )
 
-    def submit(self, requester: str, form: RequestForm) -> AccessRequest:
-        """Record a request; emergency requests are granted at once."""
+    def submit(
+        self, requester: str, form: RequestForm, submission_key: str | None = None
+    ) -> AccessRequest:
+        """Record a request; emergency requests are granted at once. The same submission
+        (`submission_key`, Slack's view id) files one request however often it arrives."""
         core = self.core
         valid, errors = check_form(core.policy, form)
         if valid is None:
@@ -78,10 +79,13 @@ class Requests:
             raise Refused("you are not among those who may ask for this resource")
         now = core.clock()
         with core.store.transaction() as s:
-            # One open request per person and resource: credentials do not pile up.
-            open_one = self._open_request(s, requester, valid.resource)
-            if open_one is not None:
-                raise Refused(self._already_open(open_one))
+            if submission_key is not None:
+                seen = s.exec(
+                    select(AccessRequest).where(AccessRequest.submission_key == submission_key)
+                ).first()
+                if seen is not None:
+                    log.info("submission %s arrived again; it filed #%s", submission_key, seen.id)
+                    return seen
             req = AccessRequest(
                 requester=requester,
                 resource=valid.resource,
@@ -94,16 +98,32 @@ class Requests:
                 created_at=now,
                 updated_at=now,
                 timeout_at=None if valid.emergency else now + core.policy.approval_timeout,
+                submission_key=submission_key,
             )
             s.add(req)
-            s.flush()
-            requested = audit.append(
+            try:
+                s.flush()
+            except IntegrityError:
+                # The database settles the race: one open request per person and resource,
+                # one request per submission.
+                s.rollback()
+                again = s.exec(
+                    select(AccessRequest).where(AccessRequest.submission_key == submission_key)
+                ).first()
+                if submission_key is not None and again is not None:
+                    return again
+                open_one = self._open_request(s, requester, valid.resource)
+                raise Refused(
+                    self._already_open(open_one) if open_one else "that did not go through"
+                ) from None
+            request_id = req.id
+            assert request_id is not None
+            core.record(
                 s,
-                at=now,
-                actor=requester,
-                action=Event.REQUESTED,
-                request_id=req.id,
-                details={
+                request_id,
+                Event.REQUESTED,
+                requester,
+                {
                     "resource": req.resource,
                     "duration_seconds": req.duration_seconds,
                     "justification": req.justification,
@@ -111,46 +131,26 @@ class Requests:
                     "emergency": req.emergency,
                 },
             )
-        request_id = req.id
-        assert request_id is not None
-        card = core.card(request_id)
-        card.event = requested
-        try:
-            where = core.notifier.open_thread(card)
-        except Exception:
-            log.exception("could not open the audit thread for request %s", request_id)
-            where = None
-        if where:
-            with core.store.transaction() as s:
-                s.execute(
-                    update(AccessRequest)
-                    .where(AccessRequest.id == request_id)
-                    .values(channel=where[0], thread_ts=where[1])
-                )
-        if valid.emergency:  # check_form refused it where the resource does not allow it
-            with core.store.transaction() as s:
+            if valid.emergency:  # check_form refused it where the resource does not allow it
                 core.move(
-                    s,
-                    core.get(s, request_id),
-                    Event.EMERGENCY,
-                    requester,
-                    {"review_required": True},
-                    decided_at=now,
+                    s, req, Event.EMERGENCY, requester, {"review_required": True}, decided_at=now
                 )
-            card = core.after(request_id, Event.EMERGENCY, requester)
-            core.safe(core.notifier.alert, card, Notice(NoticeKind.EMERGENCY_ACCESS, request_id))
+                core.effects.alert(s, request_id, Notice(NoticeKind.EMERGENCY_ACCESS, request_id))
+            else:
+                core.effects.dm(
+                    s,
+                    request_id,
+                    requester,
+                    Notice(
+                        NoticeKind.REQUEST_PENDING,
+                        request_id,
+                        {"resource": req.resource, "duration_seconds": req.duration_seconds},
+                    ),
+                )
+        if valid.emergency:
             self.grants.issue(request_id)
         else:
             core.timers.at("timeout", request_id, now + core.policy.approval_timeout)
-            core.safe(
-                core.notifier.tell,
-                requester,
-                Notice(
-                    NoticeKind.REQUEST_PENDING,
-                    request_id,
-                    {"resource": req.resource, "duration_seconds": req.duration_seconds},
-                ),
-            )
         with core.store.read() as s:
             return core.get(s, request_id)
 
@@ -160,7 +160,8 @@ class Requests:
         core = self.core
         now = core.clock()
         with core.store.transaction() as s:
-            req = core.get(s, request_id)
+            # Locked first: two approvers at once are counted one after the other.
+            req = core.lock(s, request_id)
             decisions = s.exec(select(Decision).where(Decision.request_id == request_id)).all()
             self._check_decider(req, actor, [d.approver for d in decisions])
             s.add(
@@ -183,25 +184,17 @@ class Requests:
                     decided_at=now,
                 )
             else:
-                audit.append(
+                core.record(
                     s,
-                    at=now,
-                    actor=actor,
-                    action=Event.APPROVAL_RECORDED,
-                    request_id=request_id,
-                    details={"approvals": len(set(approvals)), "needed": needed},
+                    request_id,
+                    Event.APPROVAL_RECORDED,
+                    actor,
+                    {"approvals": len(set(approvals)), "needed": needed},
+                    note=f"{len(set(approvals))} of {needed} approvals",
                 )
         if approved:
             core.timers.cancel("timeout", request_id)
-            core.after(request_id, Event.APPROVED, actor)
             self.grants.issue(request_id)
-        else:
-            core.after(
-                request_id,
-                Event.APPROVAL_RECORDED,
-                actor,
-                f"{len(set(approvals))} of {needed} approvals",
-            )
         with core.store.read() as s:
             return core.get(s, request_id)
 
@@ -227,7 +220,7 @@ class Requests:
         reason = check_reason(reason)
         now = core.clock()
         with core.store.transaction() as s:
-            req = core.get(s, request_id)
+            req = core.lock(s, request_id)
             decisions = s.exec(select(Decision).where(Decision.request_id == request_id)).all()
             # An approver who approved may still deny before the quorum is reached.
             self._check_decider(req, actor)
@@ -247,26 +240,27 @@ class Requests:
                         decided_at=now,
                     )
                 )
-            core.move(s, req, Event.DENIED, actor, {"reason": reason}, decided_at=now)
+            core.move(s, req, Event.DENIED, actor, {"reason": reason}, note=reason, decided_at=now)
+            core.effects.dm(
+                s,
+                request_id,
+                req.requester,
+                Notice(
+                    NoticeKind.REQUEST_DENIED, request_id, {"resource": req.resource, "by": actor}
+                ),
+            )
         core.timers.cancel("timeout", request_id)
-        core.after(request_id, Event.DENIED, actor, reason)
-        core.safe(
-            core.notifier.tell,
-            req.requester,
-            Notice(NoticeKind.REQUEST_DENIED, request_id, {"resource": req.resource, "by": actor}),
-        )
         return req
 
     def cancel(self, request_id: int, actor: str) -> AccessRequest:
         """The requester withdraws a request that is still waiting for a decision."""
         core = self.core
         with core.store.transaction() as s:
-            req = core.get(s, request_id)
+            req = core.lock(s, request_id)
             if actor != req.requester:
                 raise Refused("only the requester can cancel a request")
             core.move(s, req, Event.CANCELLED, actor)
         core.timers.cancel("timeout", request_id)
-        core.after(request_id, Event.CANCELLED, actor)
         return req
 
     def time_out(self, request_id: int) -> bool:
@@ -275,7 +269,7 @@ class Requests:
         now = core.clock()
         try:
             with core.store.transaction() as s:
-                req = core.get(s, request_id)
+                req = core.lock(s, request_id)
                 if req.state != State.PENDING or (req.timeout_at and req.timeout_at > now):
                     return False
                 core.move(
@@ -285,12 +279,12 @@ class Requests:
                     SYSTEM,
                     {"timeout_seconds": int(core.policy.approval_timeout.total_seconds())},
                 )
+                core.effects.dm(
+                    s,
+                    request_id,
+                    req.requester,
+                    Notice(NoticeKind.REQUEST_TIMED_OUT, request_id, {"resource": req.resource}),
+                )
         except Refused:
             return False
-        core.after(request_id, Event.TIMED_OUT, SYSTEM)
-        core.safe(
-            core.notifier.tell,
-            req.requester,
-            Notice(NoticeKind.REQUEST_TIMED_OUT, request_id, {"resource": req.resource}),
-        )
         return True

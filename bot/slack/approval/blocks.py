@@ -35,6 +35,7 @@ STATE_BADGE = {
     State.PENDING: ":hourglass_flowing_sand: Waiting for approval",
     State.APPROVED: ":white_check_mark: Approved, issuing",
     State.ACTIVE: ":unlock: Active",
+    State.ENDING: ":hourglass: Revocation pending",
     State.DENIED: ":no_entry: Denied",
     State.TIMED_OUT: ":alarm_clock: Timed out",
     State.CANCELLED: ":heavy_multiplication_x: Cancelled",
@@ -90,6 +91,10 @@ def status_line(card: Card) -> str:
         parts.append(f"by {mention(card.denied_by)}: {escape(card.deny_reason)}")
     if card.grant and state == State.ACTIVE:
         parts.append(f"`{escape(card.grant.identity)}` until {slack_date(card.grant.expires_at)}")
+    if card.grant and state == State.ENDING and card.grant.revoke_failing_since:
+        parts.append(
+            f"Vault unreachable since {slack_date(card.grant.revoke_failing_since)}; retrying"
+        )
     if card.grant and card.grant.ended_at:
         parts.append(f"ended {slack_date(card.grant.ended_at)}")
     if req.emergency:
@@ -152,8 +157,8 @@ def event_text(card: Card, event: Event, actor: str, note: str = "") -> str:
         Event.CANCELLED: f"Cancelled by {who}.",
         Event.ISSUED: (
             f":unlock: Issued `{escape(card.grant.identity)}` until "
-            f"{slack_date(card.grant.expires_at)}; delivered privately to "
-            f"{mention(req.requester)}." + (f" :warning: {escape(note)}." if note else "")
+            f"{slack_date(card.grant.expires_at)}."
+            + (f" :warning: {escape(note)}." if note else "")
             if card.grant
             else ":unlock: Issued."
         ),
@@ -161,10 +166,16 @@ def event_text(card: Card, event: Event, actor: str, note: str = "") -> str:
         Event.REVEALED: f":eyes: {who} revealed the credential.",
         Event.REVEAL_TAMPER: f":rotating_light: *Tamper alert*: the wrapping token was already "
         f"unwrapped when {who} clicked Reveal.",
+        Event.ENDING: ":hourglass: Revoking in Vault…",
         Event.REVOKED: f":lock: Revoked by {who}" + (f": {escape(note)}" if note else "."),
         Event.EXPIRED: ":lock: Expired; the credential was revoked.",
-        Event.REVOKE_FAILED: f":warning: Revocation failed: {escape(note)}. Retrying; Vault "
-        "ends the lease at its TTL regardless.",
+        Event.REVOKE_FAILED: f":warning: Revocation pending, Vault unreachable ({escape(note)}). "
+        "Retried until Vault confirms; Vault ends the lease at its TTL regardless.",
+        Event.REVOCATION_STUCK: ":rotating_light: Revocation still pending; security alerted.",
+        Event.DELIVERED: f":envelope: Credential delivered privately to {mention(req.requester)}.",
+        Event.DELIVERY_FAILED: f":warning: The credential could not be delivered ({escape(note)}); "
+        "it was revoked and a fresh one goes out as soon as Slack answers.",
+        Event.REISSUED: ":arrows_counterclockwise: A fresh credential was issued for delivery.",
     }
     return lines[event]
 

@@ -14,17 +14,43 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from bot.domain.workflow import State, describe_state
-from bot.slack.format import confirmed_button, escape, mention, slack_date
+from bot.slack.format import confirmed_button, escape, escape_clip, mention, slack_date
 from bot.slack.ids import ActionId, BlockId, ViewId
 from bot.usecases.ports import Card
 
 
+def revealing_modal() -> View:
+    """Opened at once on Reveal (the trigger lives 3 s); updated once Vault answered."""
+    return View(
+        type="modal",
+        callback_id=ViewId.REVEAL,
+        title="Credential",
+        close="Close",
+        blocks=[SectionBlock(text=":hourglass_flowing_sand: Revealing…")],
+    )
+
+
+def reveal_refused_modal(reason: str) -> View:
+    text = reason[:1].upper() + reason[1:]
+    return View(
+        type="modal",
+        callback_id=ViewId.REVEAL,
+        title="Credential",
+        close="Close",
+        blocks=[SectionBlock(text=escape_clip(text if text.endswith(".") else text + ".", 2900))],
+    )
+
+
 def reveal_modal(card: Card, payload: dict[str, Any]) -> View:
-    """The credential itself. Slack keeps no history of modals."""
+    """The credential itself. Slack keeps no history of modals. One section per field, each
+    within Slack's limit, so no credential is ever too big to show."""
     first = [k for k in ("username", "password") if k in payload]
     ordered = first + sorted(k for k in payload if k not in first)
-    lines = "\n".join(f"{k}: {payload[k]}" for k in ordered)
     expires = card.grant.expires_at if card.grant else None
+    fields = [
+        SectionBlock(text=f"*{escape(str(k))[:100]}*\n```{str(payload[k])[:2800]}```")
+        for k in ordered[:40]
+    ]
     return View(
         type="modal",
         callback_id=ViewId.REVEAL,
@@ -32,10 +58,10 @@ def reveal_modal(card: Card, payload: dict[str, Any]) -> View:
         close="Done",
         blocks=[
             SectionBlock(
-                text=f"*{card.request.resource}*, valid until "
+                text=f"*{escape(card.request.resource)}*, valid until "
                 f"{slack_date(expires) if expires else 'its expiry'}."
             ),
-            SectionBlock(text=f"```{lines}```"),
+            *fields,
             ContextBlock(
                 elements=[
                     MarkdownTextObject(

@@ -24,6 +24,10 @@ def register(app: App, service: Breakglass) -> None:
         "revoke": (service.grants.revoke, "revoked; the credential no longer works"),
         "cancel": (service.requests.cancel, "cancelled"),
     }
+    pending = (
+        "is being revoked: Vault did not answer, and the bot retries until Vault confirms "
+        "(Vault's own lease TTL ends it regardless). The thread shows when it is done"
+    )
 
     @app.command("/breakglass")
     def handle_breakglass_command(
@@ -57,8 +61,9 @@ def register(app: App, service: Breakglass) -> None:
                 return
             ack()  # Vault and the database come after the ack
             act, done = on_one_request[verb]
-            act(request_id, user)
-            respond(text=f"Request #{request_id} {done}.", response_type="ephemeral")
+            finished = act(request_id, user)
+            said = pending if finished is False else done
+            respond(text=f"Request #{request_id} {said}.", response_type="ephemeral")
         elif verb == "help":
             ack(blocks.help_text(service.policy))
         else:
@@ -76,4 +81,6 @@ def register(app: App, service: Breakglass) -> None:
             )
             return
         ack()
-        service.requests.submit(user, form)
+        # Slack's view id: a replayed submission of this very form files nothing new.
+        key = view.get("id") if isinstance(view.get("id"), str) else None
+        service.requests.submit(user, form, submission_key=key[:64] if key else None)

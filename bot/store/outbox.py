@@ -1,0 +1,140 @@
+"""The outbox: effects owed, recorded in the transaction that made them owed, claimed by one
+worker at a time (a lease, so replicas and threads never send one twice at once), delivered
+in order per request and lane, retried with backoff until done or definitively impossible."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import update
+from sqlmodel import Session
+
+from bot.store.tables import OutboxEntry, Store
+
+CLAIM_FOR = timedelta(minutes=2)  # longer than any one delivery, retries inside it included
+BACKOFF_CAP = timedelta(seconds=30)
+
+
+def add(
+    session: Session,
+    *,
+    at: datetime,
+    kind: str,
+    lane: str,
+    request_id: int | None,
+    payload: dict[str, Any] | None = None,
+    wake: Callable[[], None] | None = None,
+) -> None:
+    """Owe an effect, inside the caller's transaction."""
+    session.add(
+        OutboxEntry(
+            request_id=request_id,
+            lane=lane,
+            kind=kind,
+            payload=json.dumps(payload or {}, sort_keys=True),
+            created_at=at,
+            next_attempt_at=at,
+        )
+    )
+    if wake is not None:
+        hooks = session.info.setdefault("after_commit", [])
+        if wake not in hooks:
+            hooks.append(wake)
+
+
+_HEADS = sa.text(
+    """
+    SELECT o.id FROM outbox o
+    WHERE o.done_at IS NULL AND o.next_attempt_at <= :now
+      AND (o.claimed_until IS NULL OR o.claimed_until < :now)
+      AND NOT EXISTS (
+        SELECT 1 FROM outbox p
+        WHERE p.done_at IS NULL AND p.lane = o.lane AND p.request_id = o.request_id
+          AND p.id < o.id)
+    ORDER BY o.id
+    LIMIT :limit
+    """
+)
+
+
+def claim(store: Store, now: datetime, limit: int = 20) -> list[OutboxEntry]:
+    """The first undone entry of each (request, lane) that is due, claimed for this worker."""
+    with store.read() as s:
+        ids = [row[0] for row in s.execute(_HEADS, {"now": _db(store, now), "limit": limit})]
+    claimed: list[OutboxEntry] = []
+    for entry_id in ids:
+        with store.transaction() as s:
+            won = s.execute(
+                update(OutboxEntry)
+                .where(
+                    OutboxEntry.id == entry_id,
+                    OutboxEntry.done_at.is_(None),  # type: ignore[union-attr]
+                    sa.or_(
+                        OutboxEntry.claimed_until.is_(None),  # type: ignore[union-attr]
+                        OutboxEntry.claimed_until < now,  # type: ignore[operator]
+                    ),
+                )
+                .values(claimed_until=now + CLAIM_FOR)
+            ).rowcount
+            entry = s.get(OutboxEntry, entry_id) if won == 1 else None
+        if entry is not None:
+            claimed.append(entry)
+    return claimed
+
+
+def _db(store: Store, when: datetime) -> Any:
+    """A bind value for raw SQL, as the UTCDateTime column type stores it."""
+    from bot.store.tables import UTCDateTime
+
+    return UTCDateTime().process_bind_param(when, store.engine.dialect)
+
+
+def done(store: Store, entry: OutboxEntry, now: datetime) -> None:
+    with store.transaction() as s:
+        s.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id == entry.id)
+            .values(done_at=now, claimed_until=None, attempts=entry.attempts + 1)
+        )
+
+
+def retry(store: Store, entry: OutboxEntry, now: datetime, error: str) -> datetime:
+    """Try again later: 1 s, 2 s, 4 s … capped at 30 s."""
+    delay = min(BACKOFF_CAP, timedelta(seconds=2 ** min(entry.attempts, 10)))
+    when = now + delay
+    with store.transaction() as s:
+        s.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id == entry.id)
+            .values(
+                attempts=entry.attempts + 1,
+                next_attempt_at=when,
+                claimed_until=None,
+                last_error=error[:300],
+            )
+        )
+    return when
+
+
+def give_up(store: Store, entry: OutboxEntry, now: datetime, error: str) -> None:
+    """Definitively impossible (Slack said so): done, marked failed; the caller logs it."""
+    with store.transaction() as s:
+        s.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id == entry.id)
+            .values(
+                done_at=now,
+                failed=True,
+                claimed_until=None,
+                attempts=entry.attempts + 1,
+                last_error=error[:300],
+            )
+        )
+
+
+def payload(entry: OutboxEntry) -> dict[str, Any]:
+    return json.loads(entry.payload)
