@@ -172,7 +172,7 @@ def build(
     service = Breakglass(store, policy, backend, timers=scheduler, clock=clock)
     notifier = SlackNotifier(client, service.core, policy.security_channel, settings.vault_addr)
     service.grants.courier = notifier
-    worker = OutboxWorker(store, clock, notifier.handlers(), inline=process_before_response)
+    worker = OutboxWorker(store, utcnow, notifier.handlers(), inline=process_before_response)
     service.attach_outbox(worker)
     scheduler.bind(service, auth)
     secret = settings.slack_signing_secret

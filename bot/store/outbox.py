@@ -28,6 +28,7 @@ def add(
     request_id: int | None,
     payload: dict[str, Any] | None = None,
     wake: Callable[[], None] | None = None,
+    not_before: datetime | None = None,
 ) -> None:
     """Owe an effect, inside the caller's transaction."""
     session.add(
@@ -37,7 +38,7 @@ def add(
             kind=kind,
             payload=json.dumps(payload or {}, sort_keys=True),
             created_at=at,
-            next_attempt_at=at,
+            next_attempt_at=not_before or at,
         )
     )
     if wake is not None:

@@ -28,7 +28,7 @@ class Breakglass:
         timers: Timers | None = None,
         clock: Clock = utcnow,
     ):
-        self.core = Core(store, policy, backend, Effects(clock), timers or NoTimers(), clock)
+        self.core = Core(store, policy, backend, Effects(), timers or NoTimers(), clock)
         self.grants = Grants(self.core, courier)
         self.requests = Requests(self.core, self.grants)
         self.deadlines = Deadlines(self.core, self.requests, self.grants)

@@ -14,6 +14,7 @@ from bot.domain.workflow import Refused
 from bot.store import AccessRequest, Grant
 from bot.usecases.core import Core
 from bot.usecases.grants import Grants
+from bot.usecases.ports import utcnow
 from bot.usecases.requests import Requests
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class DeadlineKind:
     done_key: str  # the sweep's counter
     due: Callable[[Session], Iterator[tuple[int, datetime]]]  # (key, when)
     run: Callable[[int], bool]  # True when it acted
+    # Retries are timed by the wall clock (when to try Vault again), not by the domain's.
+    wall_clock: bool = False
 
 
 class Deadlines:
@@ -46,7 +49,9 @@ class Deadlines:
                 DeadlineKind("timeout", "timed_out", self._pending, requests.time_out),
                 DeadlineKind("expire", "expired", self._active, grants.expire),
                 DeadlineKind("interrupted", "interrupted", self._issuing, self._interrupted),
-                DeadlineKind("revocation", "revoked", self._revocations, grants.try_revoke),
+                DeadlineKind(
+                    "revocation", "revoked", self._revocations, grants.try_revoke, wall_clock=True
+                ),
             )
         }
         self.grants = grants
@@ -99,9 +104,13 @@ class Deadlines:
     def sweep(self) -> dict[str, int]:
         """Act on every overdue deadline no timer handled (after a restart, say), several at
         a time; each action is a conditional state change, so racing a timer is safe."""
-        now = self.core.clock()
+        now, wall = self.core.clock(), utcnow()
         done = {k.done_key: 0 for k in self.kinds.values()} | {"failed": 0}
-        due = [(kind, key) for kind, key, when in self.pending() if when <= now]
+        due = [
+            (kind, key)
+            for kind, key, when in self.pending()
+            if when <= (wall if self.kinds[kind].wall_clock else now)
+        ]
         if not due:
             return done
 

@@ -7,20 +7,23 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session
 
 from bot.domain.notices import Notice
 from bot.domain.workflow import Event
 from bot.store import OutboxEntry, Store, outbox
-from bot.usecases.ports import Clock
+from bot.usecases.ports import Clock, utcnow
 
 log = logging.getLogger(__name__)
 
 # Lanes: the security channel's card and thread in one order; the requester's DMs in another,
 # so a card that cannot be posted does not hold back what the requester is told.
-THREAD, DM, ALERT = "thread", "dm", "alert"
+# The delivery lane holds the check that a credential reached its requester, due later.
+THREAD, DM, ALERT, DELIVERY = "thread", "dm", "alert", "delivery"
 
 
 class Impossible(Exception):
@@ -32,21 +35,33 @@ class Later(Exception):
 
 
 class Effects:
-    """What the use cases owe, as outbox rows in the caller's transaction."""
+    """What the use cases owe, as outbox rows in the caller's transaction. Outbox times are
+    wall-clock times: when to try Slack again is not the domain's clock."""
 
-    def __init__(self, clock: Clock):
+    def __init__(self, clock: Clock = utcnow):
         self.clock = clock
         self.wake: Callable[[], None] | None = None
 
-    def _add(self, s: Session, kind: str, lane: str, request_id: int | None, **payload: Any):
+    def _add(
+        self,
+        s: Session,
+        kind: str,
+        lane: str,
+        request_id: int | None,
+        *,
+        after: timedelta | None = None,
+        **payload: Any,
+    ) -> None:
+        at = self.clock()
         outbox.add(
             s,
-            at=self.clock(),
+            at=at,
             kind=kind,
             lane=lane,
             request_id=request_id,
             payload=payload,
             wake=self.wake,
+            not_before=at + after if after else None,
         )
 
     def card(self, s: Session, request_id: int) -> None:
@@ -67,9 +82,27 @@ class Effects:
         """The requester's credential message no longer shows what is true: edit it."""
         self._add(s, "credential", DM, request_id)
 
-    def redeliver(self, s: Session, request_id: int) -> None:
-        """The credential never reached its requester: revoke it, issue and deliver anew."""
-        self._add(s, "redeliver", DM, request_id)
+    def redeliver(self, s: Session, request_id: int, *, after: timedelta | None = None) -> None:
+        """The credential never reached its requester: revoke it, issue and deliver anew.
+        With `after`: the safety net owed at issue, a no-op once the credential arrived (it
+        covers a crash between issuing and delivering)."""
+        if after is None:  # now: bring the safety net forward rather than queue behind it
+            hurried = s.execute(
+                update(OutboxEntry)
+                .where(
+                    OutboxEntry.request_id == request_id,
+                    OutboxEntry.kind == "redeliver",
+                    OutboxEntry.done_at.is_(None),  # type: ignore[union-attr]
+                )
+                .values(next_attempt_at=self.clock())
+            ).rowcount
+            if hurried:
+                if self.wake is not None:
+                    hooks = s.info.setdefault("after_commit", [])
+                    if self.wake not in hooks:
+                        hooks.append(self.wake)
+                return
+        self._add(s, "redeliver", DELIVERY, request_id, after=after)
 
 
 Handler = Callable[[OutboxEntry, dict[str, Any]], None]

@@ -20,7 +20,7 @@ from bot.domain.workflow import Event, Refused, State, check_revoker
 from bot.store import AccessRequest, Grant, OutboxEntry
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.effects import Later
-from bot.usecases.ports import Card
+from bot.usecases.ports import Card, utcnow
 from providers import (
     GrantSpec,
     IssuedCredential,
@@ -37,6 +37,8 @@ REVOCATION_STUCK_AFTER = timedelta(minutes=5)
 # A reveal claimed this long ago and never finished (the bot died mid-way) may be tried again.
 REVEAL_CLAIM_STALE = timedelta(minutes=2)
 TAMPER_REASON = "wrapping token already unwrapped"
+# A credential not delivered this long after issue (the bot died in between) goes out anew.
+DELIVERY_CHECK_AFTER = timedelta(minutes=1)
 
 
 class Courier(Protocol):
@@ -138,6 +140,9 @@ class Grants:
                     },
                     note=note,
                 )
+                # Owed now, due later: if the bot dies before the DM, the credential is
+                # still redelivered (a no-op once it arrived).
+                core.effects.redeliver(s, request_id, after=DELIVERY_CHECK_AFTER)
         except Refused:
             # Failed meanwhile: what was just issued is owed a revocation.
             self._owe_revocation(request_id, "failed")
@@ -457,7 +462,7 @@ class Grants:
 
     def _revoke_failed(self, request_id: int, error: str) -> None:
         core = self.core
-        at = now(core)
+        at = utcnow()  # when to try Vault again is wall-clock time
         with core.store.transaction() as s:
             req = core.lock(s, request_id)
             grant = self._grant_of(s, request_id)
