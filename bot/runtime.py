@@ -115,7 +115,7 @@ class Runtime:
         self.store.engine.dispose()
 
 
-READY_CACHE_SECONDS = 5.0
+READY_CACHE_SECONDS = 2.0
 AUTH_INTERVAL = 30.0  # seconds between looks at the bot's own Vault token
 
 

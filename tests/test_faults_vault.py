@@ -1,0 +1,124 @@
+"""The fault suite, Vault: an outage (a TCP proxy that refuses and cuts connections in front of
+the real OpenBao) never loses a revocation, floods nobody, and is visible in /readyz."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import requests
+from sqlmodel import select
+
+from bot.domain.workflow import State
+from bot.sandbox.stack import APPROVER, REQUESTER, Bot, start_bot
+from bot.slack.ids import ActionId
+from bot.store import AuditEvent, Grant, audit
+from tests.helpers import (
+    click,
+    credential_dm,
+    request_access,
+    request_id_of,
+    request_row,
+    reveal,
+    thread_texts,
+    wait_for,
+)
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True),
+]
+
+
+@pytest.fixture
+def proxied(backends, slack, clock, database_url, tmp_path, vault_proxy) -> Iterator[Bot]:
+    """The bot with Vault behind a proxy the test controls."""
+    b = start_bot(
+        backends, slack, database_url, clock=clock, workdir=tmp_path, vault_addr=vault_proxy.url
+    )
+    yield b
+    b.stop()
+
+
+def events(bot, action: str) -> list[AuditEvent]:
+    with bot.runtime.store.read() as s:
+        return list(s.exec(select(AuditEvent).where(AuditEvent.action == action)))
+
+
+def grant_of(bot) -> Grant:
+    with bot.runtime.store.read() as s:
+        return s.exec(select(Grant)).one()
+
+
+def test_revoke_now_during_an_outage_is_retried_until_vault_confirms(
+    proxied, slack, backends, vault_proxy
+):
+    bot = proxied
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    vault_proxy.refuse()
+    click(bot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    assert any("revocation pending" in t for t in slack.ephemerals(REQUESTER))
+    assert request_row(bot, rid).state == State.ENDING
+    assert backends.pg.can_login(user, password), "Vault was not reached: still alive"
+    # Several retries go by while Vault is away: one notice, not one per attempt.
+    wait_for(lambda: grant_of(bot).revoke_attempts >= 3, timeout=20)
+    assert len(events(bot, "revoke_failed")) == 1
+    pending = [t for t in thread_texts(slack, parent) if "Revocation pending" in t]
+    assert len(pending) == 1
+    assert "Vault unreachable since" in str(
+        next(m for m in slack.channel_messages(parent.channel) if m.ts == parent.ts).blocks
+    )
+    vault_proxy.restore()
+    wait_for(lambda: request_row(bot, rid).state == State.REVOKED, timeout=40)
+    assert not backends.pg.can_login(user, password)
+    wait_for(lambda: any("Revoked by" in t for t in thread_texts(slack, parent)))
+    with bot.runtime.store.read() as s:
+        assert audit.verify(s).ok
+
+
+def test_an_expiry_during_an_outage_is_retried(proxied, slack, backends, clock, vault_proxy):
+    bot = proxied
+    parent = request_access(bot, slack, duration="15m")
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    vault_proxy.refuse()
+    clock.advance(timedelta(minutes=16))
+    bot.service.deadlines.sweep()
+    assert request_row(bot, rid).state == State.ENDING
+    vault_proxy.restore()
+    wait_for(lambda: request_row(bot, rid).state == State.EXPIRED, timeout=40)
+    assert not backends.pg.can_login(user, password)
+    assert grant_of(bot).end_reason == "expired"
+
+
+def test_a_token_vault_already_ended_counts_as_revoked(bot, slack, backends):
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    # Vault's own TTL (or an operator) ended it first: gone is success, not a failure.
+    backends.bao.client().auth.token.revoke_accessor(grant_of(bot).token_accessor)
+    click(bot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    assert request_row(bot, rid).state == State.REVOKED
+    assert events(bot, "revoke_failed") == []
+
+
+def test_readyz_names_vault_when_it_is_away(proxied, vault_proxy):
+    url = f"{proxied.server.url}/readyz"
+    vault_proxy.refuse()
+    said = wait_for(lambda: (x := requests.get(url, timeout=15)).status_code == 503 and x.json())
+    assert said["ok"] is False and "reach Vault" in said["vault"], said
+    assert said["database"] == "ok"
+    assert requests.get(f"{proxied.server.url}/healthz", timeout=5).status_code == 200
+    vault_proxy.restore()
+    wait_for(lambda: requests.get(url, timeout=15).status_code == 200, timeout=20)
+
+
+def test_readyz_names_slack_when_the_token_is_refused(bot, slack):
+    slack.fail("auth.test", error="invalid_auth", times=None)
+    r = requests.get(f"{bot.server.url}/readyz", timeout=15)
+    assert r.status_code == 503 and "invalid_auth" in r.json()["slack"], r.json()
