@@ -19,14 +19,11 @@ from bot.slack.ids import ActionId
 from bot.store import AccessRequest
 from tests.helpers import open_modal, request_access, request_id_of, request_row
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True),
-]
+pytestmark = pytest.mark.faults
 
 FORM = "application/x-www-form-urlencoded"
 HOSTILE = settings(
-    max_examples=25,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -125,6 +122,7 @@ def test_any_command_text_gets_a_clear_answer(bot, slack, caplog, verb, arg):
     no_errors_logged(caplog)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 @HOSTILE
 @given(
     duration=nasty_text,
@@ -167,6 +165,7 @@ def test_any_button_value_gets_a_clear_answer(bot, slack, caplog, value):
     no_errors_logged(caplog)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_ids_beyond_the_database_integer_are_refused_plainly(bot, slack, caplog):
     parent = request_access(bot, slack)
     r = bot.driver.command(REQUESTER, "revoke 2147483648")

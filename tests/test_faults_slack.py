@@ -25,10 +25,7 @@ from tests.helpers import (
     wait_for,
 )
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True),
-]
+pytestmark = pytest.mark.faults
 
 
 def cards(slack) -> list:
@@ -49,6 +46,7 @@ def chain_intact(bot) -> None:
         assert audit.verify(s).ok
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_a_card_lost_to_a_slack_outage_is_posted_once_slack_answers(bot, slack):
     view = open_modal(bot, slack)
     slack.outage(True)
@@ -143,6 +141,7 @@ def test_revocation_never_waits_on_slack(bot, slack, backends):
     wait_for(lambda: any("Revoked by" in t for t in thread_texts(slack, parent)), timeout=20)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_a_replayed_submission_files_nothing_new(bot, slack):
     view = open_modal(bot, slack)
     values = request_values("prod-db", "30m", "Checkout is down, orders table locked.", None, True)

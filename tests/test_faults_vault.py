@@ -25,10 +25,7 @@ from tests.helpers import (
     wait_for,
 )
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True),
-]
+pytestmark = pytest.mark.faults
 
 
 @pytest.fixture
@@ -51,6 +48,7 @@ def grant_of(bot) -> Grant:
         return s.exec(select(Grant)).one()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_revoke_now_during_an_outage_is_retried_until_vault_confirms(
     proxied, slack, backends, vault_proxy
 ):
