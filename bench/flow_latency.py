@@ -2,6 +2,11 @@
 over HTTP), and the bot's memory. Prints figures; asserts nothing.
 
     .venv/bin/python bench/flow_latency.py [--rounds 30]
+
+"approve click -> credential DM" runs from the HTTP click until the Slack fake receives the
+requester's credential message, next to its floor from the same run: the bot's Vault
+sequence made directly with hvac and the bot's token (child token create, database creds
+read, lease renew, wrap), once per round.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import DirectVault
 
 from bot.sandbox.slack_fake import FakeSlack, request_values
 from bot.sandbox.stack import APPROVER, REQUESTER, SECURITY_CHANNEL, Backends, start_bot
@@ -32,6 +39,9 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     bot = start_bot(backends, slack, f"sqlite:///{Path(tmp.name) / 'bench.db'}")
     d = bot.driver
+    vault = DirectVault(backends.bao.addr, backends.bot_token)
+    to_dm: list[float] = []
+    floor: list[float] = []
     steps: dict[str, list[float]] = {
         k: [] for k in ("command (ack)", "submit", "approve+issue", "reveal", "revoke")
     }
@@ -47,9 +57,28 @@ def main() -> None:
             ).raise_for_status()
             steps["submit"].append(time.perf_counter() - t)
             parent = [m for m in slack.channel_messages(SECURITY_CHANNEL) if not m.thread_ts][-1]
+            seen = len(slack.calls)
+            clicked = time.monotonic()
             t = time.perf_counter()
             d.click(APPROVER, parent, ActionId.APPROVE).raise_for_status()
             steps["approve+issue"].append(time.perf_counter() - t)
+            dm = next(
+                (
+                    c
+                    for c in slack.calls[seen:]
+                    if c.ok
+                    and c.method == "chat.postMessage"
+                    and c.args.get("channel") == REQUESTER
+                    and c.args.get("blocks")
+                ),
+                None,
+            )
+            if dm is not None:
+                to_dm.append(dm.at - clicked)
+            t = time.perf_counter()
+            grant = vault.issue(1800)
+            floor.append(time.perf_counter() - t)
+            vault.revoke(grant)
             dm = [m for m in slack.dms(REQUESTER) if m.blocks][-1]
             t = time.perf_counter()
             d.click(REQUESTER, dm, ActionId.REVEAL).raise_for_status()
@@ -62,6 +91,11 @@ def main() -> None:
         for name, values in steps.items():
             ms = [v * 1000 for v in values]
             print(f"{name:<16} {statistics.median(ms):8.1f} {pct(ms, 0.95):8.1f} {max(ms):8.1f}")
+        print(
+            f"approve click -> credential DM p50 {statistics.median(to_dm) * 1000:.1f} ms | "
+            f"floor (hvac: token create, creds read, lease renew, wrap) p50 "
+            f"{statistics.median(floor) * 1000:.1f} ms"
+        )
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process (bot + Slack fake + load driver): {rss:.0f} MiB")
     finally:
