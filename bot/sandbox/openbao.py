@@ -50,7 +50,7 @@ def wait_until_serving(
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or still booting
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not answer {url} in time")
