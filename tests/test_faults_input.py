@@ -174,3 +174,44 @@ def test_ids_beyond_the_database_integer_are_refused_plainly(bot, slack, caplog)
     assert r.status_code == 200 and "not a request id" in r.text
     assert request_row(bot, request_id_of(parent)).state == "pending"
     no_errors_logged(caplog)
+
+
+# ---- 6. no secret in any log, HTTP and Socket Mode alike ---------------------------------
+
+
+def test_socket_mode_payloads_never_reach_the_log_at_debug(bot):
+    """A Reveal click over Socket Mode carries the wrapping token in its message; the library
+    logs whole messages at DEBUG. With the bot's logging set up, none of it reaches a line."""
+    import io
+
+    from slack_sdk import WebClient
+    from slack_sdk.socket_mode.builtin.client import SocketModeClient
+
+    from bot.runtime import quiet_secret_loggers
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        quiet_secret_loggers()
+        client = SocketModeClient(
+            app_token="xapp-1-sandbox",
+            web_client=WebClient(base_url="http://127.0.0.1:9/"),
+            logger=logging.getLogger("slack_sdk.socket_mode.builtin.client"),
+        )
+        client.logger.setLevel(logging.DEBUG)  # as an operator chasing a problem might
+        secret = "s.WrApPiNgToKeN123"
+        message = json.dumps(
+            {"envelope_id": "e1", "type": "interactive", "payload": {"message": secret}}
+        )
+        client._on_message(message)
+        logging.getLogger("slack_bolt.App").debug("payload: %s", secret)
+        logging.getLogger("bot.test").debug("our own debug line stays")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    assert secret not in out.getvalue()
+    assert "our own debug line stays" in out.getvalue()
