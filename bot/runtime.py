@@ -149,6 +149,7 @@ def build(
     migrate_db: bool = True,
     clock: Callable[[], datetime] = utcnow,
     process_before_response: bool = False,
+    inline_outbox: bool | None = None,
     sweep_interval: timedelta = timedelta(seconds=60),
 ) -> Runtime:
     quiet_secret_loggers()
@@ -182,7 +183,10 @@ def build(
     service = Breakglass(store, policy, backend, timers=scheduler, clock=clock)
     notifier = SlackNotifier(client, service.core, policy.security_channel, settings.vault_addr)
     service.grants.courier = notifier
-    worker = OutboxWorker(store, utcnow, notifier.handlers(), inline=process_before_response)
+    # Tests drive the bot request by request and read Slack right after: the outbox is then
+    # drained in the committing thread as well. In production a worker thread does it.
+    inline = process_before_response if inline_outbox is None else inline_outbox
+    worker = OutboxWorker(store, utcnow, notifier.handlers(), inline=inline)
     service.attach_outbox(worker)
     scheduler.bind(service, auth)
     secret = settings.slack_signing_secret

@@ -120,3 +120,45 @@ def test_readyz_names_slack_when_the_token_is_refused(bot, slack):
     slack.fail("auth.test", error="invalid_auth", times=None)
     r = requests.get(f"{bot.server.url}/readyz", timeout=15)
     assert r.status_code == 503 and "invalid_auth" in r.json()["slack"], r.json()
+
+
+def test_a_revocation_pending_past_the_threshold_alerts_security_once(proxied, slack, vault_proxy):
+    bot = proxied
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    vault_proxy.refuse()
+    assert bot.service.grants.revoke(rid, REQUESTER) is False
+    # Vault has been away for six minutes now.
+    with bot.runtime.store.transaction() as s:
+        grant = s.exec(select(Grant)).one()
+        grant.revoke_failing_since -= timedelta(minutes=6)
+        s.add(grant)
+    bot.service.grants.try_revoke(rid)
+    bot.service.grants.try_revoke(rid)
+    alerts = [
+        c for c in slack.calls_to("chat.postMessage") if "Revocation pending since" in c.dump()
+    ]
+    assert len(alerts) == 1 and "<!here>" in alerts[0].args["text"]
+    assert len(events(bot, "revocation_stuck")) == 1
+    vault_proxy.restore()
+    wait_for(lambda: request_row(bot, rid).state == State.REVOKED, timeout=40)
+
+
+def test_a_bot_token_that_can_be_neither_renewed_nor_replaced_is_an_alert(bot, slack, backends):
+    from bot.sandbox.openbao import bot_token
+
+    # The bot runs on a token of its own (the session's is shared by every test)...
+    token = bot_token(backends.bao.client(), ttl="1h")
+    bot.runtime.backend.auth.client.token = token
+    scheduler = bot.runtime.scheduler
+    scheduler.maintain_auth()
+    # ...which someone revokes: a static token cannot be replaced.
+    backends.bao.client().auth.token.revoke(token)
+    scheduler.maintain_auth()
+    scheduler.maintain_auth()
+    alerts = [c for c in slack.calls_to("chat.postMessage") if "neither renewed nor" in c.dump()]
+    assert len(alerts) == 1, "one alert per episode, not one per check"
+    assert alerts[0].args["channel"] == "C0SECURITY" and "<!here>" in alerts[0].args["text"]
+    r = requests.get(f"{bot.server.url}/readyz", timeout=15)
+    assert r.status_code == 503 and "not valid" in r.json()["vault"], r.json()

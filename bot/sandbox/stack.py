@@ -168,6 +168,7 @@ def start_bot(
     start_scheduler: bool = True,
     workdir: Path | None = None,
     vault_addr: str | None = None,
+    inline_outbox: bool = True,
 ) -> Bot:
     """Build the bot as `breakglass serve` does, pointed at the embedded parts (Vault at
     `vault_addr` when given: a FaultProxy in front of the embedded OpenBao)."""
@@ -182,7 +183,13 @@ def start_bot(
         database_url=database_url,
         breakglass_config=(workdir or Path(".")) / "breakglass.yml",
     )
-    runtime = build(settings, policy=policy, clock=clock, process_before_response=True)
+    runtime = build(
+        settings,
+        policy=policy,
+        clock=clock,
+        process_before_response=True,
+        inline_outbox=inline_outbox,
+    )
     if start_scheduler:
         runtime.start()
     server = BotServer(runtime).start()
