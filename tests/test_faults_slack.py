@@ -156,3 +156,17 @@ def test_a_replayed_submission_files_nothing_new(bot, slack):
     with bot.runtime.store.read() as s:
         assert len(s.exec(select(AccessRequest)).all()) == 1
     assert [c for c in slack.calls_to("chat.postMessage") if "<!here>" in c.dump()] == alerts
+
+
+def test_a_replay_is_one_persons_same_modal_not_anyone_elses(bot, slack):
+    from bot.sandbox.stack import OUTSIDER
+
+    view = open_modal(bot, slack)
+    values = request_values("prod-db", "30m", "Checkout is down, orders table locked.", None)
+    assert bot.driver.submit_view(REQUESTER, view, values).status_code == 200
+    assert bot.driver.submit_view(OUTSIDER, view, values).status_code == 200
+    with bot.runtime.store.read() as s:
+        assert sorted(r.requester for r in s.exec(select(AccessRequest))) == [
+            OUTSIDER,
+            REQUESTER,
+        ]

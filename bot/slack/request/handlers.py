@@ -81,6 +81,8 @@ def register(app: App, service: Breakglass) -> None:
             )
             return
         ack()
-        # Slack's view id: a replayed submission of this very form files nothing new.
-        key = view.get("id") if isinstance(view.get("id"), str) else None
-        service.requests.submit(user, form, submission_key=key[:64] if key else None)
+        # This person's modal (Slack's view id): a replayed submission of this very form
+        # files nothing new.
+        view_id = view.get("id")
+        key = f"{user}:{view_id}"[:64] if isinstance(view_id, str) and view_id else None
+        service.requests.submit(user, form, submission_key=key)
