@@ -12,17 +12,13 @@ import sqlalchemy as sa
 from flask import Flask
 from slack_bolt import App
 from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
 
 from bot import migrate
 from bot.policy import Policy, load_policy
 from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.slack.app import create_app, create_web_app
+from bot.slack.client import make_client
 from bot.slack.notifier import SlackNotifier
 from bot.store import Store, create_db_engine
 from bot.usecases import Breakglass
@@ -167,18 +163,7 @@ def build(
     auth = vault_auth_from_env(settings.vault_addr, token, interval=AUTH_INTERVAL)
     backend = VaultBackend.from_auth(auth)
     bot_token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    client = WebClient(
-        token=bot_token,
-        base_url=settings.slack_base_url() or WebClient.BASE_URL,
-        timeout=10,
-        # Inside one call: 429 (honouring Retry-After), 5xx and connection errors. Longer
-        # outages are the outbox's to ride out.
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=2),
-            RateLimitErrorRetryHandler(max_retry_count=2),
-            ServerErrorRetryHandler(max_retry_count=2),
-        ],
-    )
+    client = make_client(bot_token, settings.slack_base_url())
     scheduler = Scheduler(sweep_interval)
     service = Breakglass(store, policy, backend, timers=scheduler, clock=clock)
     notifier = SlackNotifier(client, service.core, policy.security_channel, settings.vault_addr)

@@ -166,7 +166,28 @@ def test_a_replay_is_one_persons_same_modal_not_anyone_elses(bot, slack):
     assert bot.driver.submit_view(REQUESTER, view, values).status_code == 200
     assert bot.driver.submit_view(OUTSIDER, view, values).status_code == 200
     with bot.runtime.store.read() as s:
-        assert sorted(r.requester for r in s.exec(select(AccessRequest))) == [
-            OUTSIDER,
-            REQUESTER,
-        ]
+        assert sorted(r.requester for r in s.exec(select(AccessRequest))) == sorted(
+            [OUTSIDER, REQUESTER]
+        )
+
+
+def test_a_reveal_window_slack_cannot_fill_in_gets_a_fresh_credential(bot, slack, backends):
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    first = credential_dm(slack)
+    slack.fail("views.update", status=500, times=3)  # the call and both of its retries
+    assert bot.driver.click(REQUESTER, first, ActionId.REVEAL).status_code == 200
+    with bot.runtime.store.read() as s:
+        events = [e.action for e in s.exec(select(AuditEvent).order_by(AuditEvent.seq))]
+    assert "revealed" not in events, "nothing was shown, so nothing counts as revealed"
+    assert any("could not be shown" in m.text for m in slack.dms(REQUESTER))
+
+    def fresh_dm():
+        dms = [m for m in slack.dms(REQUESTER) if "vault unwrap" in str(m.blocks)]
+        return len(dms) == 2 and dms[-1]
+
+    wait_for(fresh_dm, timeout=20)
+    user, password = reveal(bot, slack)
+    assert backends.pg.can_login(user, password)
+    assert request_row(bot, rid).state == State.ACTIVE

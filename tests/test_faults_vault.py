@@ -162,3 +162,35 @@ def test_a_bot_token_that_can_be_neither_renewed_nor_replaced_is_an_alert(bot, s
     assert alerts[0].args["channel"] == "C0SECURITY" and "<!here>" in alerts[0].args["text"]
     r = requests.get(f"{bot.server.url}/readyz", timeout=15)
     assert r.status_code == 503 and "not valid" in r.json()["vault"], r.json()
+
+
+def test_a_token_our_own_interrupted_reveal_spent_is_replaced_not_a_tamper_alert(
+    bot, slack, backends
+):
+    from bot.slack.credential.blocks import wrapped_token_from
+
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    dm = credential_dm(slack)
+    # A Reveal got as far as Vault's unwrap, then the bot died: the claim is there (three
+    # minutes old), the token is spent, nothing was shown.
+    backends.bao.client(wrapped_token_from({"blocks": dm.blocks})).sys.unwrap()
+    with bot.runtime.store.transaction() as s:
+        grant = s.exec(select(Grant)).one()
+        grant.reveal_claimed_at = grant.issued_at - timedelta(minutes=3)
+        s.add(grant)
+    click(bot, REQUESTER, dm, ActionId.REVEAL)
+    assert events(bot, "reveal_tamper") == []
+    assert request_row(bot, rid).state == State.ACTIVE
+    fresh = wait_for(
+        lambda: (
+            (d := [m for m in slack.dms(REQUESTER) if "vault unwrap" in str(m.blocks)])
+            and len(d) == 2
+            and d
+        ),
+        timeout=20,
+    )
+    assert fresh[-1].ts != dm.ts
+    user, password = reveal(bot, slack)
+    assert backends.pg.can_login(user, password)

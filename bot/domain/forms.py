@@ -58,6 +58,10 @@ def text_problem(value: str, limit: int) -> str | None:
     """Why free text cannot be recorded as typed, or None."""
     if _CONTROL.search(value):
         return "Remove the control characters (such as NUL) from this field."
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no database can store it
+        return "Remove the characters that cannot be stored (broken Unicode) from this field."
     if len(value) > limit:
         return f"At most {limit} characters, please ({len(value)} given)."
     return None

@@ -14,6 +14,7 @@ from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
 from bot.domain.workflow import Event
 from bot.slack.approval import blocks as approval
+from bot.slack.client import retry_after
 from bot.slack.credential import blocks as credential
 from bot.slack.format import escape, mention, slack_date
 from bot.store import AccessRequest, OutboxEntry
@@ -57,7 +58,10 @@ def notice_text(notice: Notice) -> str:
     if kind == NoticeKind.NOT_RECORDED:
         return f"Your request was not recorded: {escape(f['reason'])}."
     if kind == NoticeKind.CREDENTIAL_REISSUED:
-        return f"Your credential for access #{rid} to {resource} was issued again below."
+        return (
+            f"Your credential for access #{rid} to {resource} could not be shown to you, so it "
+            "was revoked; a fresh one follows in a new message."
+        )
     if kind == NoticeKind.EMERGENCY_ACCESS:
         return "Emergency access: granted without approval"
     if kind == NoticeKind.TAMPER:
@@ -142,7 +146,9 @@ class SlackNotifier:
                 )
             if code in PERMANENT:
                 raise Impossible(f"Slack answered {code} to {method}") from None
-            raise Later(f"Slack answered {code} to {method}") from None
+            raise Later(
+                f"Slack answered {code} to {method}", after=retry_after(exc.response)
+            ) from None
 
     # ---- the security channel ---------------------------------------------------------
 

@@ -15,7 +15,10 @@ from sqlmodel import Session
 
 from bot.store.tables import OutboxEntry, Store
 
-CLAIM_FOR = timedelta(minutes=2)  # longer than any one delivery, retries inside it included
+# Longer than any one delivery, the retries inside it included (3 tries of 10 s, waits of
+# at most 10 s between them), and short enough that what a crashed process had claimed goes
+# out within a minute of its restart.
+CLAIM_FOR = timedelta(seconds=55)
 BACKOFF_CAP = timedelta(seconds=30)
 
 
@@ -103,9 +106,14 @@ def done(store: Store, entry: OutboxEntry, now: datetime) -> None:
         )
 
 
-def retry(store: Store, entry: OutboxEntry, now: datetime, error: str) -> datetime:
-    """Try again later: 1 s, 2 s, 4 s … capped at 30 s."""
+def retry(
+    store: Store, entry: OutboxEntry, now: datetime, error: str, *, after: float | None = None
+) -> datetime:
+    """Try again later: 1 s, 2 s, 4 s … capped at 30 s; never sooner than `after` seconds
+    (the other side's Retry-After)."""
     delay = min(BACKOFF_CAP, timedelta(seconds=2 ** min(entry.attempts, 10)))
+    if after is not None:
+        delay = max(delay, timedelta(seconds=min(after, 3600)))
     when = now + delay
     with store.transaction() as s:
         s.execute(

@@ -31,7 +31,12 @@ class Impossible(Exception):
 
 
 class Later(Exception):
-    """Not now (the message is why); try again with backoff."""
+    """Not now (the message is why); try again with backoff, or after `after` seconds when
+    the other side said when (Slack's Retry-After)."""
+
+    def __init__(self, message: str, *, after: float | None = None):
+        super().__init__(message)
+        self.after = after
 
 
 class Effects:
@@ -188,7 +193,8 @@ class OutboxWorker:
             return 0
         except Exception as exc:
             reason = str(exc) if isinstance(exc, Later) else _reason(exc)
-            when = outbox.retry(self.store, entry, self.clock(), reason)
+            after = exc.after if isinstance(exc, Later) else None
+            when = outbox.retry(self.store, entry, self.clock(), reason, after=after)
             level = logging.WARNING if entry.attempts < 3 else logging.ERROR
             log.log(
                 level,

@@ -37,6 +37,10 @@ REVOCATION_STUCK_AFTER = timedelta(minutes=5)
 # A reveal claimed this long ago and never finished (the bot died mid-way) may be tried again.
 REVEAL_CLAIM_STALE = timedelta(minutes=2)
 TAMPER_REASON = "wrapping token already unwrapped"
+REISSUING = (
+    "this credential could not be shown to you, so it was revoked; a fresh one is on its way "
+    "to your messages"
+)
 # A credential not delivered this long after issue (the bot died in between) goes out anew.
 DELIVERY_CHECK_AFTER = timedelta(minutes=1)
 
@@ -282,9 +286,11 @@ class Grants:
         _check_reveal(req, grant, actor, now(self.core))
 
     def reveal(self, request_id: int, actor: str, wrapping_token: str) -> dict[str, Any]:
-        """Unwrap the requester's credential for the reveal modal. Single use: the token is
-        claimed in the database first, so a second click or a redelivered request is "already
-        revealed", never a tamper alert."""
+        """Unwrap the requester's credential for the reveal modal; `shown` records it once
+        the modal shows it, `lost` when it could not. Single use: the token is claimed in the
+        database first, so a second click or a redelivered request is "already revealed",
+        never a tamper alert; and a token our own interrupted attempt spent is replaced, not
+        taken for someone else's doing."""
         core = self.core
         at = now(core)
         with core.store.transaction() as s:
@@ -292,39 +298,82 @@ class Grants:
             grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
             _check_reveal(req, grant, actor, at)
             assert grant is not None
+            ours_before = grant.reveal_claimed_at is not None  # an attempt of ours was cut off
             s.execute(update(Grant).where(Grant.id == grant.id).values(reveal_claimed_at=at))
         try:
-            payload = core.backend.unwrap(wrapping_token)
+            return core.backend.unwrap(wrapping_token)
         except WrapTokenInvalid:
             if grant.wrap_expires_at and at >= grant.wrap_expires_at:
                 raise Refused(
                     "the credential's wrapping token has expired unused; "
                     "revoke this access and ask again"
                 ) from None
-            if grant.wrap_accessor and self._wrap_state(grant.wrap_accessor) == "live":
+            state = self._wrap_state(grant.wrap_accessor)
+            if state == "live":
                 # The token in this message is not this grant's: nothing of ours was spent.
                 self._release_claim(grant.id)
                 raise Refused("this message's token does not belong to this access") from None
+            if ours_before:
+                self.lost(request_id, "an earlier Reveal was interrupted after Vault unwrapped it")
+                raise Refused(REISSUING) from None
             self._tamper(request_id, actor)
             raise Refused(
                 "this credential had already been unwrapped by someone before you clicked "
                 "Reveal. Security has been alerted and the access revoked; ask again."
             ) from None
         except ProviderError as exc:
-            self._release_claim(grant.id)
-            raise Refused(f"{exc}; nothing was spent, try Reveal again in a minute") from None
+            # Did Vault unwrap it before the answer was lost? Its wrap accessor says.
+            state = self._wrap_state(grant.wrap_accessor)
+            if state == "live":
+                self._release_claim(grant.id)
+                raise Refused(f"{exc}; nothing was spent, try Reveal again in a minute") from None
+            if state == "gone":
+                self.lost(request_id, "Vault's answer to the unwrap was lost")
+                raise Refused(REISSUING) from None
+            # Unknown (Vault still away): keep the claim, so the next try knows it was ours.
+            raise Refused(f"{exc}; try Reveal again in a few minutes") from None
+
+    def shown(self, request_id: int, actor: str) -> None:
+        """The reveal modal shows the credential: now it counts as revealed."""
+        core = self.core
         with core.store.transaction() as s:
             core.lock(s, request_id)
+            grant = self._grant_of(s, request_id)
             s.execute(update(Grant).where(Grant.id == grant.id).values(revealed_at=now(core)))
             core.record(s, request_id, Event.REVEALED, actor, {"identity": grant.identity})
-        log.info("request %s: credential revealed by its requester", request_id)
-        return payload
+        log.info("request %s: credential revealed to its requester", request_id)
 
-    def _wrap_state(self, wrap_accessor: str) -> str:
+    def lost(self, request_id: int, why: str) -> None:
+        """The unwrapped credential never reached the requester's eyes: it is revoked and a
+        fresh one delivered (the outbox's redelivery), and the requester is told."""
+        core = self.core
+        with core.store.transaction() as s:
+            req = core.lock(s, request_id)
+            grant = self._grant_of(s, request_id)
+            s.execute(
+                update(Grant)
+                .where(Grant.id == grant.id)
+                .values(reveal_claimed_at=None, revealed_at=None, delivered_at=None)
+            )
+            core.record(s, request_id, Event.DELIVERY_FAILED, SYSTEM, {"error": why}, note=why)
+            core.effects.dm(
+                s,
+                request_id,
+                req.requester,
+                Notice(NoticeKind.CREDENTIAL_REISSUED, request_id, {"resource": req.resource}),
+            )
+            core.effects.redeliver(s, request_id)
+        log.warning(
+            "request %s: credential lost before it was shown (%s); reissuing", request_id, why
+        )
+
+    def _wrap_state(self, wrap_accessor: str | None) -> str:
+        if not wrap_accessor:
+            return "gone"
         try:
             return self.core.backend.wrap_state(wrap_accessor)
         except ProviderError:
-            return "gone"
+            return "unknown"
 
     def _release_claim(self, grant_id: int | None) -> None:
         with self.core.store.transaction() as s:

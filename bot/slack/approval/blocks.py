@@ -84,11 +84,13 @@ def status_line(card: Card) -> str:
     if state == State.PENDING:
         parts.append(f"{len(set(card.approvals))} of {card.needed} approvals")
         if card.approvers:
-            parts.append("approvers: " + " ".join(mention(u) for u in card.approvers))
+            named = " ".join(mention(u) for u in card.approvers[:20])
+            more = len(card.approvers) - 20
+            parts.append("approvers: " + named + (f" and {more} more" if more > 0 else ""))
     if card.approvals and state != State.PENDING and not req.emergency:
         parts.append("approved by " + ", ".join(mention(u) for u in dict.fromkeys(card.approvals)))
     if state == State.DENIED and card.denied_by:
-        parts.append(f"by {mention(card.denied_by)}: {escape(card.deny_reason)}")
+        parts.append(f"by {mention(card.denied_by)}: {escape_clip(card.deny_reason, 600)}")
     if card.grant and state == State.ACTIVE:
         parts.append(f"`{escape(card.grant.identity)}` until {slack_date(card.grant.expires_at)}")
     if card.grant and state == State.ENDING and card.grant.revoke_failing_since:
@@ -113,7 +115,7 @@ def approval_message(card: Card) -> tuple[str, list[dict[str, Any]]]:
     blocks: list[Any] = [
         HeaderBlock(text=PlainTextObject(text=title[:150])),
         SectionBlock(text=request_summary(card)),
-        ContextBlock(elements=[MarkdownTextObject(text=status_line(card))]),
+        ContextBlock(elements=[MarkdownTextObject(text=status_line(card)[:SECTION_LIMIT])]),
     ]
     if card.state == State.PENDING:
         rid = str(req.id)

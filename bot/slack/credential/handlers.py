@@ -48,6 +48,12 @@ def register(app: App, service: Breakglass) -> None:
             client.views_update(view_id=view_id, view=blocks.reveal_refused_modal(str(exc)))
             log.info("reveal of request %s refused: %s", request_id, exc)
             return
-        client.views_update(
-            view_id=view_id, view=blocks.reveal_modal(service.card(request_id), payload)
-        )
+        try:
+            client.views_update(
+                view_id=view_id, view=blocks.reveal_modal(service.card(request_id), payload)
+            )
+        except Exception:
+            log.warning("request %s: the reveal modal could not be filled in", request_id)
+            service.grants.lost(request_id, "Slack did not show the reveal window")
+            return
+        service.grants.shown(request_id, user)
