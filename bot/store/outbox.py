@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import update
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from bot.store.tables import OutboxEntry, Store
 
@@ -66,28 +66,30 @@ _HEADS = sa.text(
 
 
 def claim(store: Store, now: datetime, limit: int = 20) -> list[OutboxEntry]:
-    """The first undone entry of each (request, lane) that is due, claimed for this worker."""
-    with store.read() as s:
+    """The first undone entry of each (request, lane) that is due, claimed for this worker in
+    one conditional UPDATE: what another worker claimed meanwhile is not ours."""
+    with store.transaction() as s:
         ids = [row[0] for row in s.execute(_HEADS, {"now": _db(store, now), "limit": limit})]
-    claimed: list[OutboxEntry] = []
-    for entry_id in ids:
-        with store.transaction() as s:
-            won = s.execute(
-                update(OutboxEntry)
-                .where(
-                    OutboxEntry.id == entry_id,
-                    OutboxEntry.done_at.is_(None),  # type: ignore[union-attr]
-                    sa.or_(
-                        OutboxEntry.claimed_until.is_(None),  # type: ignore[union-attr]
-                        OutboxEntry.claimed_until < now,  # type: ignore[operator]
-                    ),
-                )
-                .values(claimed_until=now + CLAIM_FOR)
-            ).rowcount
-            entry = s.get(OutboxEntry, entry_id) if won == 1 else None
-        if entry is not None:
-            claimed.append(entry)
-    return claimed
+        if not ids:
+            return []
+        won = s.execute(
+            update(OutboxEntry)
+            .where(
+                OutboxEntry.id.in_(ids),  # type: ignore[union-attr]
+                OutboxEntry.done_at.is_(None),  # type: ignore[union-attr]
+                sa.or_(
+                    OutboxEntry.claimed_until.is_(None),  # type: ignore[union-attr]
+                    OutboxEntry.claimed_until < now,  # type: ignore[operator]
+                ),
+            )
+            .values(claimed_until=now + CLAIM_FOR)
+            .returning(OutboxEntry.id)
+        ).all()
+        mine = sorted(row[0] for row in won)
+        if not mine:
+            return []
+        entries = s.exec(select(OutboxEntry).where(OutboxEntry.id.in_(mine))).all()  # type: ignore[union-attr]
+    return sorted(entries, key=lambda e: e.id or 0)
 
 
 def _db(store: Store, when: datetime) -> Any:

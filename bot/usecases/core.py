@@ -94,10 +94,12 @@ class Core:
         details: dict[str, Any] | None = None,
         *,
         note: str = "",
+        thread: bool = True,
         **values: Any,
     ) -> AccessRequest:
         """Apply one transition with its audit event, and owe the thread reply and the card
-        update that report it, all in the caller's transaction; only one racer can win it."""
+        update that report it (unless `thread` is False), all in the caller's transaction;
+        only one racer can win it."""
         current = State(req.state)
         target = transition(event, current)
         now = self.clock()
@@ -120,6 +122,7 @@ class Core:
             actor,
             {"from": current.value, "to": target.value, **(details or {})},
             note=note,
+            thread=thread,
         )
         session.refresh(req)
         return req

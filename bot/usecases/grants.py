@@ -439,7 +439,11 @@ class Grants:
         if req.state != State.ACTIVE:
             raise Refused(f"this request is {req.state}; there is nothing to revoke")
         grant = self._grant_of(s, req.id)
-        self.core.move(s, req, Event.ENDING, actor, {"end": event.value, "reason": reason})
+        # Audited, but not posted: Slack hears when it is done, or when Vault does not answer
+        # (a revocation normally takes milliseconds; a reply for each half is noise).
+        self.core.move(
+            s, req, Event.ENDING, actor, {"end": event.value, "reason": reason}, thread=False
+        )
         _owe(s, grant, event.value, actor, reason, now(self.core))
 
     def _owe_revocation(self, request_id: int, why: str) -> None:
