@@ -60,7 +60,7 @@ def main() -> None:
         k: [] for k in ("command (ack)", "submit", "approve+issue", "reveal", "revoke")
     }
     try:
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             t = time.perf_counter()
             d.command(REQUESTER).raise_for_status()
             steps["command (ack)"].append(time.perf_counter() - t)
@@ -70,14 +70,11 @@ def main() -> None:
                 REQUESTER, view, request_values("prod-db", "30m", "benchmarking the flow " * 2)
             ).raise_for_status()
             steps["submit"].append(time.perf_counter() - t)
-            cards = len(
-                poll(
-                    lambda: [m for m in slack.channel_messages(SECURITY_CHANNEL) if not m.thread_ts]
-                )
-            )
-            parent = [m for m in slack.channel_messages(SECURITY_CHANNEL) if not m.thread_ts][
-                cards - 1
-            ]
+            parent = poll(
+                lambda n=round_: [
+                    m for m in slack.channel_messages(SECURITY_CHANNEL) if not m.thread_ts
+                ][n:]
+            )[0]
             seen = len(slack.calls)
             clicked = time.monotonic()
             t = time.perf_counter()
