@@ -21,9 +21,15 @@ from bot.slack.format import escape
 from bot.slack.ids import ActionId, BlockId, ViewId
 
 
-def request_modal(policy: Policy, user: str | None = None) -> View:
-    """The request form; with `user`, only the resources that person may ask for."""
-    allowed = set(policy.requestable(user)) if user else set(policy.resources)
+def request_modal(
+    policy: Policy, user: str | None = None, *, resources: tuple[str, ...] | None = None
+) -> View:
+    """The request form; with `user` (or the names in `resources`), only the resources that
+    person may ask for."""
+    if resources is not None:
+        allowed = set(resources)
+    else:
+        allowed = set(policy.requestable(user)) if user else set(policy.resources)
     resources = sorted(
         ((n, r) for n, r in policy.resources.items() if n in allowed), key=lambda item: item[0]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from slack_bolt import Ack, App, Respond
@@ -29,6 +30,15 @@ def register(app: App, service: Breakglass) -> None:
         "(Vault's own lease TTL ends it regardless). The thread shows when it is done"
     )
 
+    @functools.lru_cache(maxsize=64)
+    def modal_of(resources: tuple[str, ...]) -> dict:
+        # The same form for everyone who may ask for the same resources: built (and checked
+        # against Slack's limits) once, not on every /breakglass while people queue up.
+        return blocks.request_modal(service.policy, resources=resources).to_dict()
+
+    def modal_for(user: str) -> dict:
+        return modal_of(tuple(service.policy.requestable(user)))
+
     @app.command("/breakglass")
     def handle_breakglass_command(
         ack: Ack, command: dict, client: WebClient, respond: Respond
@@ -45,9 +55,7 @@ def register(app: App, service: Breakglass) -> None:
                 )
                 return
             ack()  # first: the trigger id lives 3 s
-            client.views_open(
-                trigger_id=command["trigger_id"], view=blocks.request_modal(service.policy, user)
-            )
+            client.views_open(trigger_id=command["trigger_id"], view=modal_for(user))
         elif verb in on_one_request:
             try:
                 if len(words) != 2:
