@@ -161,7 +161,7 @@ def build(
     store = Store(engine)
     token = settings.vault_token.get_secret_value() if settings.vault_token else None
     auth = vault_auth_from_env(settings.vault_addr, token, interval=AUTH_INTERVAL)
-    backend = VaultBackend.from_auth(auth)
+    backend = VaultBackend.from_auth(auth, token_role=settings.vault_token_role or None)
     bot_token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     client = make_client(bot_token, settings.slack_base_url())
     scheduler = Scheduler(sweep_interval)

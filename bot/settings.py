@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     slack_api_url: str | None = None
     vault_addr: str | None = None
     vault_token: SecretStr | None = None
+    # An orphan token role for the per-grant child tokens: grants then outlive the bot's own
+    # token (AppRole and Kubernetes logins replace it before its max TTL).
+    vault_token_role: str | None = None
     database_url: str = "sqlite:///breakglass.db"
     breakglass_config: Path = Path("breakglass.yml")
 

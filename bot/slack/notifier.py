@@ -1,4 +1,5 @@
-"""The use cases' Notifier, implemented with the Slack Web API: renders notices and cards."""
+"""The Slack side of the outbox (cards, thread replies, DMs, alerts, edits) and the Courier of
+credentials, with the Web API: renders notices and cards; no mrkdwn is written elsewhere."""
 
 from __future__ import annotations
 

@@ -81,33 +81,40 @@ def append(
     replicas) line up and every event links to exactly one predecessor.
     """
     at = at.astimezone(UTC)  # hashed exactly as the store keeps it
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
-    head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
-    session.refresh(head)
+    seq, prev_hash = session.execute(
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(seq=AuditHead.seq + 1)
+        .returning(AuditHead.seq, AuditHead.hash)
+        .execution_options(synchronize_session=False)
+    ).one()
     payload = canonical(redact(details or {}))
     event = AuditEvent(
-        seq=head.seq,
+        seq=seq,
         at=at,
         actor=actor,
         action=str(action),
         request_id=request_id,
         details=payload,
-        prev_hash=head.hash,
+        prev_hash=prev_hash,
         hash="",
     )
     event.hash = event_hash(
-        seq=event.seq,
+        seq=seq,
         at=at,
         actor=actor,
         action=event.action,
         request_id=request_id,
         details=payload,
-        prev_hash=head.hash,
+        prev_hash=prev_hash,
     )
-    head.hash = event.hash
+    session.execute(
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(hash=event.hash)
+        .execution_options(synchronize_session=False)
+    )
     session.add(event)
-    session.add(head)
-    session.flush()
     return event
 
 

@@ -7,8 +7,8 @@ from bot.store import Store
 from bot.usecases.core import SYSTEM, Core, NotFound
 from bot.usecases.deadlines import Deadlines
 from bot.usecases.effects import Effects, OutboxWorker
-from bot.usecases.grants import Courier, Grants
-from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
+from bot.usecases.grants import Grants
+from bot.usecases.ports import Card, Clock, Courier, NoTimers, Timers, utcnow
 from bot.usecases.requests import Requests
 from providers import VaultBackend
 
@@ -39,6 +39,7 @@ class Breakglass:
         self.outbox = worker
         self.core.effects.wake = worker.wake
         worker.handlers.setdefault("redeliver", self.grants.redeliver)
+        worker.yield_to = lambda: self.deadlines.busy
 
     @property
     def policy(self) -> Policy:

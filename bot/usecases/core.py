@@ -124,7 +124,7 @@ class Core:
             note=note,
             thread=thread,
         )
-        session.refresh(req)
+        # The ORM UPDATE above already brought `req` up to date (synchronize_session).
         return req
 
     def record(

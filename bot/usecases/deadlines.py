@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,13 @@ class Deadlines:
             )
         }
         self.grants = grants
+        self._running = 0  # deadline actions under way in this process
+        self._running_lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        """True while deadline actions (revocations above all) run in this process."""
+        return self._running > 0
 
     # ---- where deadlines come from --------------------------------------------------------
 
@@ -132,8 +140,13 @@ class Deadlines:
 
     def run(self, kind: str, key: int) -> bool:
         """Act on one deadline (entry point for timers and the sweep); True if it acted."""
+        with self._running_lock:
+            self._running += 1
         try:
             return self.kinds[kind].run(key)
         except Refused as exc:
             log.info("%s of %s: %s", kind, key, exc)
+        finally:
+            with self._running_lock:
+                self._running -= 1
         return False

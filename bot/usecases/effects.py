@@ -111,6 +111,7 @@ class Effects:
 
 
 Handler = Callable[[OutboxEntry, dict[str, Any]], None]
+YIELD_AT_MOST = 5.0  # seconds the worker waits for urgent work before it posts anyway
 
 
 class OutboxWorker:
@@ -135,6 +136,9 @@ class OutboxWorker:
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # While this says urgent work is under way (revocations), the worker thread waits:
+        # on two cores, Slack's messages must not take the CPU from ending access on time.
+        self.yield_to: Callable[[], bool] = lambda: False
 
     def wake(self) -> None:
         if self.inline:
@@ -155,6 +159,10 @@ class OutboxWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            waited = 0.0
+            while self.yield_to() and waited < YIELD_AT_MOST and not self._stop.is_set():
+                self._stop.wait(0.05)
+                waited += 0.05
             try:
                 self.drain()
             except Exception:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, select
@@ -20,7 +20,7 @@ from bot.domain.workflow import Event, Refused, State, check_revoker
 from bot.store import AccessRequest, Grant, OutboxEntry
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.effects import Later
-from bot.usecases.ports import Card, utcnow
+from bot.usecases.ports import Courier, utcnow
 from providers import (
     GrantSpec,
     IssuedCredential,
@@ -43,13 +43,6 @@ REISSUING = (
 )
 # A credential not delivered this long after issue (the bot died in between) goes out anew.
 DELIVERY_CHECK_AFTER = timedelta(minutes=1)
-
-
-class Courier(Protocol):
-    """Hands a wrapping token to its requester. Direct, never through the outbox: the token is
-    a secret and is never stored; a failed delivery is redone with a fresh credential."""
-
-    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str]: ...
 
 
 class Grants:
@@ -410,41 +403,48 @@ class Grants:
 
     def expire(self, request_id: int) -> bool:
         """End an active grant whose time is up. False when there was nothing to do."""
-        core = self.core
-        with core.store.read() as s:
-            req = core.get(s, request_id)
-            grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
-        if req.state != State.ACTIVE or grant is None or grant.expires_at > now(core):
-            return False
         try:
-            self.end(request_id, Event.EXPIRED, SYSTEM, "expired")
+            self.end(request_id, Event.EXPIRED, SYSTEM, "expired", due_only=True)
         except Refused:
             return False
         return True
 
-    def end(self, request_id: int, event: Event, actor: str, reason: str) -> bool:
-        """Record the end as owed (state `ending`), then try it at once."""
+    def end(
+        self, request_id: int, event: Event, actor: str, reason: str, *, due_only: bool = False
+    ) -> bool:
+        """Record the end as owed (state `ending`), then try it at once. With `due_only`,
+        only a grant whose time is up (Refused otherwise)."""
         core = self.core
         with core.store.transaction() as s:
             req = core.lock(s, request_id)
-            self._begin_end(s, req, event, actor, reason)
+            grant = self._begin_end(s, req, event, actor, reason, due_only=due_only)
         core.timers.cancel("expire", request_id)
-        return self.try_revoke(request_id)
+        return self.try_revoke(request_id, grant)
 
     def _begin_end(
-        self, s: Session, req: AccessRequest, event: Event, actor: str, reason: str
-    ) -> None:
+        self,
+        s: Session,
+        req: AccessRequest,
+        event: Event,
+        actor: str,
+        reason: str,
+        *,
+        due_only: bool = False,
+    ) -> Grant:
         if req.state == State.ENDING:
             raise Refused("this access is already being revoked; it ends as soon as Vault confirms")
         if req.state != State.ACTIVE:
             raise Refused(f"this request is {req.state}; there is nothing to revoke")
         grant = self._grant_of(s, req.id)
+        if due_only and grant.expires_at > now(self.core):
+            raise Refused("not due yet")
         # Audited, but not posted: Slack hears when it is done, or when Vault does not answer
         # (a revocation normally takes milliseconds; a reply for each half is noise).
         self.core.move(
             s, req, Event.ENDING, actor, {"end": event.value, "reason": reason}, thread=False
         )
         _owe(s, grant, event.value, actor, reason, now(self.core))
+        return grant
 
     def _owe_revocation(self, request_id: int, why: str) -> None:
         with self.core.store.transaction() as s:
@@ -452,13 +452,15 @@ class Grants:
             if grant.ended_at is None:
                 _owe(s, grant, why, SYSTEM, why, now(self.core))
 
-    def try_revoke(self, request_id: int) -> bool:
-        """One attempt at an owed revocation (entry point for the timer and the sweep too).
-        Vault first; the state says "ended" only once Vault confirmed. On failure: backoff
-        capped at 30 s, one thread notice when it starts failing, one alert when it is stuck."""
+    def try_revoke(self, request_id: int, grant: Grant | None = None) -> bool:
+        """One attempt at an owed revocation (entry point for the timer and the sweep too;
+        `grant` as just read by the caller, if it has it). Vault first; the state says
+        "ended" only once Vault confirmed. On failure: backoff capped at 30 s, one thread
+        notice when it starts failing, one alert when it is stuck."""
         core = self.core
-        with core.store.read() as s:
-            grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
+        if grant is None:
+            with core.store.read() as s:
+                grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
         if grant is None or grant.ended_at is not None or grant.revoke_next_at is None:
             return False
         try:

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from bot.domain.notices import Notice
-from bot.domain.workflow import Event, State
+from bot.domain.workflow import State
 from bot.policy import Resource
 from bot.store import AccessRequest, AuditEvent, Grant
 
@@ -47,20 +46,12 @@ class Card:
         return timedelta(seconds=self.request.duration_seconds)
 
 
-class Notifier(Protocol):
-    """How the use cases reach people; the Slack adapter implements it. Notices are data."""
+class Courier(Protocol):
+    """Hands a wrapping token to its requester. Direct, never through the outbox: the token is
+    a secret and is never stored; a failed delivery is redone with a fresh credential. What
+    else people are told goes through the outbox (`bot.usecases.effects`), as data."""
 
-    def open_thread(self, card: Card) -> tuple[str, str] | None: ...
-
-    def record(self, card: Card, event: Event, actor: str, note: str = "") -> None: ...
-
-    def tell(self, user: str, notice: Notice) -> None: ...
-
-    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str] | None: ...
-
-    def update_credential(self, card: Card) -> None: ...
-
-    def alert(self, card: Card | None, notice: Notice) -> None: ...
+    def deliver(self, card: Card, wrapping_token: str) -> tuple[str, str]: ...
 
 
 class Timers(Protocol):

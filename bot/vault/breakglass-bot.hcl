@@ -20,7 +20,7 @@ path "auth/token/lookup-accessor" {
 # With AppRole or Kubernetes auth the bot logs in again before its token's max TTL, and Vault
 # revokes a token's children when it ends: grants issued under the previous token would end
 # early. An orphan token role avoids that (create it once as an admin, then give the bot
-# `token_role` in VaultBackend):
+# VAULT_TOKEN_ROLE=breakglass-grant):
 #   vault write auth/token/roles/breakglass-grant orphan=true renewable=false \
 #       allowed_policies=<the resources' policies>
 # path "auth/token/create/breakglass-grant" {
