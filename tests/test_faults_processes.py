@@ -13,7 +13,7 @@ import hvac.exceptions
 import pytest
 from sqlmodel import Session, select
 
-from bot.sandbox.slack_fake import request_values, revealed
+from bot.sandbox.slack_fake import FakeSlack, request_values, revealed
 from bot.sandbox.stack import APPROVER, APPROVER_2, REQUESTER, SECURITY_CHANNEL, ServeProcess
 from bot.slack.ids import ActionId, BlockId
 from bot.store import AccessRequest, AuditEvent, Decision, Grant, OutboxEntry, audit
@@ -23,11 +23,19 @@ from tests.helpers import JUSTIFICATION, wait_for
 pytestmark = pytest.mark.faults
 
 
-@pytest.fixture
-def pair(backends, slack, tmp_path) -> Iterator[tuple[ServeProcess, ServeProcess]]:
-    """Two replicas of one bot sharing one PostgreSQL database."""
-    url = backends.pg.create_database(f"bg_pair_{tmp_path.name[-20:].replace('-', '_')}")
-    a = ServeProcess(backends, slack, tmp_path, database_url=url).start()
+@pytest.fixture(scope="module")
+def shared_slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def pair(backends, shared_slack, tmp_path_factory) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+    """Two replicas of one bot sharing one PostgreSQL database (started once for the races
+    below; each race uses requesters of its own)."""
+    url = backends.pg.create_database("bg_pair")
+    workdir = tmp_path_factory.mktemp("pair")
+    a = ServeProcess(backends, shared_slack, workdir, database_url=url).start()
     b = a.replica()
     try:
         b.start()
@@ -99,8 +107,9 @@ def file_request(served: ServeProcess, slack, user: str, resource: str):
     )
 
 
-def test_a_quorum_reached_by_simultaneous_clicks_on_two_replicas_approves_once(pair, slack):
+def test_a_quorum_reached_by_simultaneous_clicks_on_two_replicas_approves_once(pair, shared_slack):
     a, b = pair
+    slack = shared_slack
     url = a.database_url
     for round_ in range(4):
         requester = f"U0REQ{round_}X"
@@ -121,17 +130,20 @@ def test_a_quorum_reached_by_simultaneous_clicks_on_two_replicas_approves_once(p
         assert audit.verify(s).ok
 
 
-def test_a_double_reveal_on_two_replicas_shows_it_once_and_alarms_nobody(pair, slack, backends):
+def test_a_double_reveal_on_two_replicas_shows_it_once_and_alarms_nobody(
+    pair, shared_slack, backends
+):
     a, b = pair
-    url = a.database_url
-    card = file_request(a, slack, REQUESTER, "prod-db")
+    slack, url, who = shared_slack, a.database_url, "U0REVEALX"
+    card = file_request(a, slack, who, "prod-db")
+    rid = rows(url, AccessRequest, AccessRequest.requester == who)[0].id
     assert a.driver.click(APPROVER, card, ActionId.APPROVE).status_code == 200
-    dm = wait_for(lambda: [m for m in slack.dms(REQUESTER) if "vault unwrap" in str(m.blocks)])[0]
-    wait_for(lambda: rows(url, Grant)[0].delivered_at)
+    dm = wait_for(lambda: [m for m in slack.dms(who) if "vault unwrap" in str(m.blocks)])[0]
+    wait_for(lambda: rows(url, Grant, Grant.request_id == rid)[0].delivered_at)
     opened = len(slack.views_opened())
     at_once(
-        lambda: a.driver.click(REQUESTER, dm, ActionId.REVEAL),
-        lambda: b.driver.click(REQUESTER, dm, ActionId.REVEAL),
+        lambda: a.driver.click(who, dm, ActionId.REVEAL),
+        lambda: b.driver.click(who, dm, ActionId.REVEAL),
     )
     views = wait_for(lambda: len(slack.views_opened()) >= opened + 1 and slack.views_opened())
     shown = wait_for(
@@ -140,25 +152,27 @@ def test_a_double_reveal_on_two_replicas_shows_it_once_and_alarms_nobody(pair, s
     assert len(shown) == 1, "the credential was shown once"
     assert backends.pg.can_login(shown[0]["username"], shown[0]["password"])
     assert rows(url, AuditEvent, AuditEvent.action == "reveal_tamper") == []
-    assert rows(url, AccessRequest)[0].state == "active"
+    assert rows(url, AccessRequest, AccessRequest.id == rid)[0].state == "active"
 
 
-def test_one_open_request_per_person_and_resource_across_replicas(pair, slack):
+def test_one_open_request_per_person_and_resource_across_replicas(pair, shared_slack):
     a, b = pair
+    slack, who = shared_slack, "U0TWICEX"
     views = []
     for served in (a, b):
         n = len(slack.views_opened())
-        served.driver.command(REQUESTER)
+        served.driver.command(who)
         views.append(
             wait_for(lambda n=n: len(slack.views_opened()) > n and slack.views_opened()[-1])
         )
     values = request_values("prod-db", "15m", JUSTIFICATION)
     at_once(
-        lambda: a.driver.submit_view(REQUESTER, views[0], values),
-        lambda: b.driver.submit_view(REQUESTER, views[1], values),
+        lambda: a.driver.submit_view(who, views[0], values),
+        lambda: b.driver.submit_view(who, views[1], values),
     )
-    wait_for(lambda: rows(a.database_url, AccessRequest))
-    assert len(rows(a.database_url, AccessRequest)) == 1
+    mine = (AccessRequest.requester == who,)
+    wait_for(lambda: rows(a.database_url, AccessRequest, *mine))
+    assert len(rows(a.database_url, AccessRequest, *mine)) == 1
 
 
 def test_a_crash_mid_issue_ends_with_the_child_revoked_and_the_request_failed(
