@@ -194,3 +194,42 @@ def test_a_token_our_own_interrupted_reveal_spent_is_replaced_not_a_tamper_alert
     assert fresh[-1].ts != dm.ts
     user, password = reveal(bot, slack)
     assert backends.pg.can_login(user, password)
+
+
+def test_an_unwrap_whose_answer_is_lost_is_replaced_not_a_tamper_alert(
+    proxied, slack, backends, vault_proxy
+):
+    import threading
+
+    bot = proxied
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    dm = credential_dm(slack)
+    wrap_accessor = grant_of(bot).wrap_accessor
+    root = backends.bao.client()
+
+    def spent() -> bool:
+        try:
+            root.auth.token.lookup_accessor(wrap_accessor)
+            return False
+        except Exception:  # hvac: the accessor is gone, the token spent
+            return True
+
+    vault_proxy.slow(3, direction="down")  # Vault does the unwrap; its answer is held
+    clicking = threading.Thread(target=bot.driver.click, args=(REQUESTER, dm, ActionId.REVEAL))
+    clicking.start()
+    wait_for(spent, timeout=10)
+    vault_proxy.cut()  # ...and lost
+    vault_proxy.restore()
+    clicking.join(30)
+    assert events(bot, "reveal_tamper") == [] and events(bot, "revealed") == []
+    click(bot, REQUESTER, dm, ActionId.REVEAL)  # the person tries again, as told
+    assert events(bot, "reveal_tamper") == [], "our own spent token is no tamper alert"
+    assert request_row(bot, rid).state == State.ACTIVE
+    wait_for(
+        lambda: len([m for m in slack.dms(REQUESTER) if "vault unwrap" in str(m.blocks)]) == 2,
+        timeout=20,
+    )
+    user, password = reveal(bot, slack)
+    assert backends.pg.can_login(user, password)

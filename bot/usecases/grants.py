@@ -8,6 +8,7 @@ do now is retried until it is done.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -301,7 +302,8 @@ class Grants:
                     "the credential's wrapping token has expired unused; "
                     "revoke this access and ask again"
                 ) from None
-            state = self._wrap_state(grant.wrap_accessor)
+            # Vault revokes a used wrapping token a moment after the unwrap: let it settle.
+            state = self._wrap_state(grant.wrap_accessor, settle=True)
             if state == "live":
                 # The token in this message is not this grant's: nothing of ours was spent.
                 self._release_claim(grant.id)
@@ -315,16 +317,11 @@ class Grants:
                 "Reveal. Security has been alerted and the access revoked; ask again."
             ) from None
         except ProviderError as exc:
-            # Did Vault unwrap it before the answer was lost? Its wrap accessor says.
-            state = self._wrap_state(grant.wrap_accessor)
-            if state == "live":
-                self._release_claim(grant.id)
-                raise Refused(f"{exc}; nothing was spent, try Reveal again in a minute") from None
-            if state == "gone":
-                self.lost(request_id, "Vault's answer to the unwrap was lost")
-                raise Refused(REISSUING) from None
-            # Unknown (Vault still away): keep the claim, so the next try knows it was ours.
-            raise Refused(f"{exc}; try Reveal again in a few minutes") from None
+            # Vault may have unwrapped it before the answer was lost (and a lookup right after
+            # can still say "live"). Keep the claim, marked interrupted: the person may try
+            # again at once, and if the token turns out spent, it was ours, not a tamperer's.
+            self._interrupt_claim(grant.id)
+            raise Refused(f"{exc}; try Reveal again in a minute") from None
 
     def shown(self, request_id: int, actor: str) -> None:
         """The reveal modal shows the credential: now it counts as revealed."""
@@ -360,13 +357,28 @@ class Grants:
             "request %s: credential lost before it was shown (%s); reissuing", request_id, why
         )
 
-    def _wrap_state(self, wrap_accessor: str | None) -> str:
+    def _wrap_state(self, wrap_accessor: str | None, *, settle: bool = False) -> str:
         if not wrap_accessor:
             return "gone"
-        try:
-            return self.core.backend.wrap_state(wrap_accessor)
-        except ProviderError:
-            return "unknown"
+        for _ in range(6 if settle else 1):
+            try:
+                state = self.core.backend.wrap_state(wrap_accessor)
+            except ProviderError:
+                return "unknown"
+            if state != "live" or not settle:
+                return state
+            time.sleep(0.2)
+        return "live"
+
+    def _interrupt_claim(self, grant_id: int | None) -> None:
+        """A claim whose attempt was cut off: stale at once (a new attempt may start), yet
+        set (so the next attempt knows a spent token was spent by us)."""
+        with self.core.store.transaction() as s:
+            s.execute(
+                update(Grant)
+                .where(Grant.id == grant_id)
+                .values(reveal_claimed_at=now(self.core) - REVEAL_CLAIM_STALE)
+            )
 
     def _release_claim(self, grant_id: int | None) -> None:
         with self.core.store.transaction() as s:
