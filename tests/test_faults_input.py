@@ -23,7 +23,7 @@ pytestmark = pytest.mark.faults
 
 FORM = "application/x-www-form-urlencoded"
 HOSTILE = settings(
-    max_examples=20,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

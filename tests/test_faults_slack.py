@@ -46,7 +46,7 @@ def chain_intact(bot) -> None:
         assert audit.verify(s).ok
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_card_lost_to_a_slack_outage_is_posted_once_slack_answers(bot, slack):
     view = open_modal(bot, slack)
     slack.outage(True)

@@ -48,7 +48,7 @@ def grant_of(bot) -> Grant:
         return s.exec(select(Grant)).one()
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_revoke_now_during_an_outage_is_retried_until_vault_confirms(
     proxied, slack, backends, vault_proxy
 ):
