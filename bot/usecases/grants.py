@@ -206,11 +206,17 @@ class Grants:
         except ProviderError as exc:
             raise Later(str(exc)) from None
         with core.store.transaction() as s:
-            s.execute(
-                update(Grant)
-                .where(Grant.id == grant.id)
-                .values(token_accessor=child.accessor, lease_id=None, wrap_accessor=None)
-            )
+            # Locked and checked again: an end that began meanwhile must see this child.
+            still_active = core.lock(s, request_id).state == State.ACTIVE
+            if still_active:
+                s.execute(
+                    update(Grant)
+                    .where(Grant.id == grant.id)
+                    .values(token_accessor=child.accessor, lease_id=None, wrap_accessor=None)
+                )
+        if not still_active:
+            core.backend.revoke(child.accessor, None)
+            return
         try:
             issued = provider.issue(spec, child)
         except ProviderError as exc:
@@ -488,44 +494,54 @@ class Grants:
             fresh = self._grant_of(s, request_id)
             if fresh.ended_at is not None:
                 return False  # another replica (or the timer and the sweep) got there first
-            s.execute(
-                update(Grant)
-                .where(Grant.id == fresh.id)
-                .values(ended_at=at, revoke_next_at=None, revoke_error=None)
-            )
-            if req.state != State.ENDING:
-                log.info("request %s (%s): its credential is revoked", request_id, req.state)
-                return True
-            event = Event(fresh.end_reason or Event.REVOKED.value)
-            core.move(
-                s,
-                req,
-                event,
-                fresh.ended_by or SYSTEM,
-                {
-                    "reason": fresh.end_note,
-                    "identity": fresh.identity,
-                    "attempts": fresh.revoke_attempts + 1,
-                    **(
-                        {"pending_since": fresh.revoke_failing_since.isoformat()}
-                        if fresh.revoke_failing_since
-                        else {}
-                    ),
-                },
-                note="" if event == Event.EXPIRED else fresh.end_note or "",
-            )
-            core.effects.dm(
-                s,
-                request_id,
-                req.requester,
-                Notice(
-                    NoticeKind.ACCESS_ENDED,
-                    request_id,
-                    {"resource": req.resource, "how": event.value, "by": fresh.ended_by},
-                ),
-            )
-        log.info("request %s: %s; Vault confirmed the revocation", request_id, event.value)
+            swapped = fresh.token_accessor != grant.token_accessor
+            if not swapped:
+                self._ended(s, req, fresh, at)
+        if swapped:  # a redelivery swapped the credential while we revoked the old one: again
+            return self.try_revoke(request_id)
         return True
+
+    def _ended(self, s: Session, req: AccessRequest, fresh: Grant, at: datetime) -> None:
+        """Vault confirmed: the grant ended, and the request with it if it was ending."""
+        core = self.core
+        request_id = req.id
+        s.execute(
+            update(Grant)
+            .where(Grant.id == fresh.id)
+            .values(ended_at=at, revoke_next_at=None, revoke_error=None)
+        )
+        if req.state != State.ENDING:
+            log.info("request %s (%s): its credential is revoked", request_id, req.state)
+            return
+        event = Event(fresh.end_reason or Event.REVOKED.value)
+        core.move(
+            s,
+            req,
+            event,
+            fresh.ended_by or SYSTEM,
+            {
+                "reason": fresh.end_note,
+                "identity": fresh.identity,
+                "attempts": fresh.revoke_attempts + 1,
+                **(
+                    {"pending_since": fresh.revoke_failing_since.isoformat()}
+                    if fresh.revoke_failing_since
+                    else {}
+                ),
+            },
+            note="" if event == Event.EXPIRED else fresh.end_note or "",
+        )
+        core.effects.dm(
+            s,
+            request_id,
+            req.requester,
+            Notice(
+                NoticeKind.ACCESS_ENDED,
+                request_id,
+                {"resource": req.resource, "how": event.value, "by": fresh.ended_by},
+            ),
+        )
+        log.info("request %s: %s; Vault confirmed the revocation", request_id, event.value)
 
     def _revoke_failed(self, request_id: int, error: str) -> None:
         core = self.core
