@@ -233,3 +233,34 @@ def test_an_unwrap_whose_answer_is_lost_is_replaced_not_a_tamper_alert(
     )
     user, password = reveal(bot, slack)
     assert backends.pg.can_login(user, password)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (503, {"errors": ["Vault is sealed"]}),
+        (403, {"errors": ["permission denied"]}),
+        (429, {"errors": ["rate limit quota exceeded"]}),
+        (500, {"errors": ["internal error"]}),
+    ],
+)
+def test_a_revocation_vault_refuses_is_pending_until_it_accepts(bot, slack, backends, status, body):
+    import responses
+
+    parent = request_access(bot, slack)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    revoke_url = f"{backends.bao.addr}/v1/sys/leases/revoke"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as vault:
+        vault.add_passthru(backends.bao.addr)  # everything else reaches the real OpenBao
+        vault.add(responses.PUT, revoke_url, status=status, json=body)
+        vault.add(responses.POST, revoke_url, status=status, json=body)
+        assert bot.service.grants.revoke(rid, REQUESTER) is False
+        assert request_row(bot, rid).state == State.ENDING
+        assert backends.pg.can_login(user, password)
+        bot.service.grants.try_revoke(rid)  # still refused: no second notice
+    assert len(events(bot, "revoke_failed")) == 1
+    bot.service.grants.try_revoke(rid)  # Vault accepts again (or the retry timer got there)
+    wait_for(lambda: request_row(bot, rid).state == State.REVOKED, timeout=10)
+    assert not backends.pg.can_login(user, password)
