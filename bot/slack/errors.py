@@ -10,6 +10,7 @@ from typing import Any
 from slack_bolt import App, BoltResponse, Respond
 from slack_sdk import WebClient
 
+from bot.domain.forms import BadInput, parse_request_id
 from bot.domain.workflow import Refused
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,10 @@ def _who(body: dict[str, Any]) -> str | None:
 def _clicked_id(body: dict[str, Any]) -> int | None:
     actions = body.get("actions")
     if isinstance(actions, list) and actions and isinstance(actions[0], dict):
-        value = actions[0].get("value")
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 11:
-            return int(value)
+        try:
+            return parse_request_id(actions[0].get("value"))
+        except BadInput:
+            return None
     return None
 
 

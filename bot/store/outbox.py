@@ -45,9 +45,14 @@ def add(
         )
     )
     if wake is not None:
-        hooks = session.info.setdefault("after_commit", [])
-        if wake not in hooks:
-            hooks.append(wake)
+        wake_after_commit(session, wake)
+
+
+def wake_after_commit(session: Session, wake: Callable[[], None]) -> None:
+    """Run `wake` once the caller's transaction committed (Store.transaction runs the hooks)."""
+    hooks = session.info.setdefault("after_commit", [])
+    if wake not in hooks:
+        hooks.append(wake)
 
 
 _HEADS = sa.text(

@@ -103,9 +103,7 @@ class Effects:
             ).rowcount
             if hurried:
                 if self.wake is not None:
-                    hooks = s.info.setdefault("after_commit", [])
-                    if self.wake not in hooks:
-                        hooks.append(self.wake)
+                    outbox.wake_after_commit(s, self.wake)
                 return
         self._add(s, "redeliver", DELIVERY, request_id, after=after)
 

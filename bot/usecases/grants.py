@@ -153,37 +153,16 @@ class Grants:
         """DM the wrapping token. If Slack does not take it, that credential is revoked and a
         fresh one issued and delivered once Slack answers (an outbox `redeliver`)."""
         core = self.core
-        card = core.card(request_id)
-        try:
-            if self.courier is None:
-                raise RuntimeError("no courier")
-            channel, ts = self.courier.deliver(card, wrapping_token)
-        except Exception as exc:
-            reason = _slack_reason(exc)
-            log.warning("could not deliver the credential of request %s: %s", request_id, reason)
-            with core.store.transaction() as s:
-                core.lock(s, request_id)
-                core.record(
-                    s,
-                    request_id,
-                    Event.DELIVERY_FAILED,
-                    SYSTEM,
-                    {"error": reason},
-                    note=reason,
-                )
-                core.effects.redeliver(s, request_id)
-            return False
+        reason = self._deliver_once(request_id, wrapping_token)
+        if reason is None:
+            return True
         with core.store.transaction() as s:
             core.lock(s, request_id)
-            grant = self._grant_of(s, request_id)
-            s.execute(
-                update(Grant)
-                .where(Grant.id == grant.id)
-                .values(dm_channel=channel, dm_ts=ts, delivered_at=now(core))
+            core.record(
+                s, request_id, Event.DELIVERY_FAILED, SYSTEM, {"error": reason}, note=reason
             )
-            core.record(s, request_id, Event.DELIVERED, SYSTEM, {"identity": grant.identity})
-        log.info("delivered the credential of request %s", request_id)
-        return True
+            core.effects.redeliver(s, request_id)
+        return False
 
     def redeliver(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
         """Outbox handler: the old credential revoked first, then a fresh one for the time
@@ -232,17 +211,21 @@ class Grants:
                 SYSTEM,
                 {"identity": issued.identity, "token_accessor": issued.token_accessor},
             )
-        if not self._deliver_once(request_id, issued.wrapping_token):
-            raise Later("Slack did not take the credential message")
+        reason = self._deliver_once(request_id, issued.wrapping_token)
+        if reason is not None:
+            raise Later(reason)
 
-    def _deliver_once(self, request_id: int, wrapping_token: str) -> bool:
+    def _deliver_once(self, request_id: int, wrapping_token: str) -> str | None:
+        """One DM of the wrapping token, recorded as delivered; Slack's reason if it failed."""
         core = self.core
         try:
-            assert self.courier is not None
+            if self.courier is None:
+                raise RuntimeError("no courier")
             channel, ts = self.courier.deliver(core.card(request_id), wrapping_token)
         except Exception as exc:
-            log.warning("redelivery of request %s failed: %s", request_id, _slack_reason(exc))
-            return False
+            reason = _slack_reason(exc)
+            log.warning("could not deliver the credential of request %s: %s", request_id, reason)
+            return reason
         with core.store.transaction() as s:
             core.lock(s, request_id)
             grant = self._grant_of(s, request_id)
@@ -252,7 +235,8 @@ class Grants:
                 .values(dm_channel=channel, dm_ts=ts, delivered_at=now(core))
             )
             core.record(s, request_id, Event.DELIVERED, SYSTEM, {"identity": grant.identity})
-        return True
+        log.info("delivered the credential of request %s", request_id)
+        return None
 
     def fail_issue(self, request_id: int, reason: str) -> bool:
         """End an approved request that got no credential; revoke whatever Vault made."""

@@ -21,23 +21,22 @@ from bot.usecases.ports import Card
 
 def revealing_modal() -> View:
     """Opened at once on Reveal (the trigger lives 3 s); updated once Vault answered."""
-    return View(
-        type="modal",
-        callback_id=ViewId.REVEAL,
-        title="Credential",
-        close="Close",
-        blocks=[SectionBlock(text=":hourglass_flowing_sand: Revealing…")],
-    )
+    return _note_modal(":hourglass_flowing_sand: Revealing…")
 
 
 def reveal_refused_modal(reason: str) -> View:
     text = reason[:1].upper() + reason[1:]
+    return _note_modal(escape_clip(text if text.endswith(".") else text + ".", 2900))
+
+
+def _note_modal(text: str) -> View:
+    """The reveal window saying one thing (mrkdwn, already escaped)."""
     return View(
         type="modal",
         callback_id=ViewId.REVEAL,
         title="Credential",
         close="Close",
-        blocks=[SectionBlock(text=escape_clip(text if text.endswith(".") else text + ".", 2900))],
+        blocks=[SectionBlock(text=text)],
     )
 
 
