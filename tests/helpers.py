@@ -87,7 +87,7 @@ def reveal(bot: Bot, slack: FakeSlack, user: str = REQUESTER) -> tuple[str, str]
     """Click Reveal; read the username and password from the modal, as it ends up after the
     bot updated its "Revealing…" window."""
     opened = len(slack.views_opened())
-    click(bot, user, credential_dm(slack, REQUESTER), ActionId.REVEAL)
+    click(bot, user, credential_dm(slack, user), ActionId.REVEAL)
     views = slack.views_opened()
     assert len(views) == opened + 1, f"no reveal modal; ephemerals: {slack.ephemerals()}"
     shown = revealed_fields(slack, views[-1]["id"])

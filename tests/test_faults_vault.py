@@ -3,6 +3,7 @@ the real OpenBao) never loses a revocation, floods nobody, and is visible in /re
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -11,7 +12,7 @@ import requests
 from sqlmodel import select
 
 from bot.domain.workflow import State
-from bot.sandbox.stack import APPROVER, REQUESTER, Bot, start_bot
+from bot.sandbox.stack import APPROVER, APPROVER_2, OUTSIDER, REQUESTER, Bot, start_bot
 from bot.slack.ids import ActionId
 from bot.store import AuditEvent, Grant, audit
 from tests.helpers import (
@@ -264,3 +265,83 @@ def test_a_revocation_vault_refuses_is_pending_until_it_accepts(bot, slack, back
     bot.service.grants.try_revoke(rid)  # Vault accepts again (or the retry timer got there)
     wait_for(lambda: request_row(bot, rid).state == State.REVOKED, timeout=10)
     assert not backends.pg.can_login(user, password)
+
+
+def _emergency_grants(bot, slack, durations: dict[str, str]) -> dict[str, tuple[int, str, str]]:
+    """One emergency grant per user: request id, database user and password."""
+    out = {}
+    for user, duration in durations.items():
+        parent = request_access(bot, slack, user=user, duration=duration, emergency=True)
+        out[user] = (request_id_of(parent), *reveal(bot, slack, user))
+    return out
+
+
+def _fire_together(bot, request_ids: list[int]) -> None:
+    """The expiry timers of these requests fire at once, on threads of their own, as
+    APScheduler fires jobs that come due in the same second."""
+    jobs = [bot.runtime.scheduler.scheduler.get_job(f"expire:{rid}") for rid in request_ids]
+    assert all(jobs)
+    barrier = threading.Barrier(len(jobs))
+    errors: list[BaseException] = []
+
+    def fire(job) -> None:
+        barrier.wait()
+        try:
+            job.func(*job.args)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fire, args=(j,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+
+
+@pytest.mark.parametrize(
+    ("database_url", "how"),
+    [("sqlite", "timers"), ("postgresql", "timers"), ("sqlite", "sweep")],
+    indirect=["database_url"],
+)
+def test_grants_due_together_end_together_once_each(bot, slack, backends, clock, how):
+    grants = _emergency_grants(
+        bot, slack, {REQUESTER: "15m", APPROVER: "15m", APPROVER_2: "15m", OUTSIDER: "30m"}
+    )
+    clock.advance(timedelta(minutes=16))
+    if how == "timers":
+        _fire_together(bot, [rid for rid, _, _ in grants.values()])
+    else:  # after a restart: the sweep ends the overdue ones as one batch
+        assert bot.service.deadlines.sweep()["expired"] == 3
+    for who, (rid, user, password) in grants.items():
+        due = who != OUTSIDER
+        assert request_row(bot, rid).state == (State.EXPIRED if due else State.ACTIVE), who
+        assert backends.pg.can_login(user, password) is not due, who
+        ended = [m for m in slack.dms(who) if "expired" in m.text]
+        assert len(ended) == (1 if due else 0), who
+    assert len(events(bot, "ending")) == len(events(bot, "expired")) == 3
+    with bot.runtime.store.read() as s:
+        assert audit.verify(s).ok
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_grants_due_together_while_vault_is_away_each_say_so_once_and_end_after(
+    proxied, slack, backends, clock, vault_proxy
+):
+    bot = proxied
+    grants = _emergency_grants(bot, slack, {REQUESTER: "15m", APPROVER: "15m", APPROVER_2: "15m"})
+    vault_proxy.refuse()
+    clock.advance(timedelta(minutes=16))
+    _fire_together(bot, [rid for rid, _, _ in grants.values()])
+    for rid, user, password in grants.values():
+        assert request_row(bot, rid).state == State.ENDING
+        assert backends.pg.can_login(user, password), "Vault was not reached: still alive"
+    failed = events(bot, "revoke_failed")
+    assert sorted(e.request_id for e in failed) == sorted(rid for rid, _, _ in grants.values())
+    vault_proxy.restore()
+    for rid, user, password in grants.values():
+        wait_for(lambda rid=rid: request_row(bot, rid).state == State.EXPIRED, timeout=40)
+        assert not backends.pg.can_login(user, password)
+    assert len(events(bot, "revoke_failed")) == 3
+    with bot.runtime.store.read() as s:
+        assert audit.verify(s).ok

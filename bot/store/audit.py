@@ -66,6 +66,17 @@ def event_hash(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to add to the chain (its place and hashes are given by `append_many`)."""
+
+    at: datetime
+    actor: str
+    action: Event
+    request_id: int | None
+    details: dict[str, Any] | None = None
+
+
 def append(
     session: Session,
     *,
@@ -75,47 +86,57 @@ def append(
     request_id: int | None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Add one event to the chain inside the caller's transaction.
+    """Add one event to the chain inside the caller's transaction."""
+    return append_many(session, [NewEvent(at, actor, action, request_id, details)])[0]
+
+
+def append_many(session: Session, new: list[NewEvent]) -> list[AuditEvent]:
+    """Add events to the chain, in order, inside the caller's transaction.
 
     Bumping the head row first takes its write lock, so concurrent writers (threads or
-    replicas) line up and every event links to exactly one predecessor.
+    replicas) line up and every event links to exactly one predecessor. However many events,
+    the head is read and written once: a batch of a hundred ends holds it no longer than one.
     """
-    at = at.astimezone(UTC)  # hashed exactly as the store keeps it
-    seq, prev_hash = session.execute(
+    if not new:
+        return []
+    last, prev_hash = session.execute(
         update(AuditHead)
         .where(AuditHead.id == 1)
-        .values(seq=AuditHead.seq + 1)
+        .values(seq=AuditHead.seq + len(new))
         .returning(AuditHead.seq, AuditHead.hash)
         .execution_options(synchronize_session=False)
     ).one()
-    payload = canonical(redact(details or {}))
-    event = AuditEvent(
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=str(action),
-        request_id=request_id,
-        details=payload,
-        prev_hash=prev_hash,
-        hash="",
-    )
-    event.hash = event_hash(
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=event.action,
-        request_id=request_id,
-        details=payload,
-        prev_hash=prev_hash,
-    )
+    events: list[AuditEvent] = []
+    for seq, item in enumerate(new, start=last - len(new) + 1):
+        at = item.at.astimezone(UTC)  # hashed exactly as the store keeps it
+        event = AuditEvent(
+            seq=seq,
+            at=at,
+            actor=item.actor,
+            action=str(item.action),
+            request_id=item.request_id,
+            details=canonical(redact(item.details or {})),
+            prev_hash=prev_hash,
+            hash="",
+        )
+        event.hash = prev_hash = event_hash(
+            seq=seq,
+            at=at,
+            actor=event.actor,
+            action=event.action,
+            request_id=event.request_id,
+            details=event.details,
+            prev_hash=event.prev_hash,
+        )
+        events.append(event)
     session.execute(
         update(AuditHead)
         .where(AuditHead.id == 1)
-        .values(hash=event.hash)
+        .values(hash=events[-1].hash)
         .execution_options(synchronize_session=False)
     )
-    session.add(event)
-    return event
+    session.add_all(events)
+    return events
 
 
 @dataclass(frozen=True)

@@ -100,32 +100,73 @@ class Core:
         """Apply one transition with its audit event, and owe the thread reply and the card
         update that report it (unless `thread` is False), all in the caller's transaction;
         only one racer can win it."""
-        current = State(req.state)
-        target = transition(event, current)
-        now = self.clock()
-        result = session.execute(
-            update(AccessRequest)
-            .where(AccessRequest.id == req.id, AccessRequest.state == current.value)
-            .values(state=target.value, updated_at=now, **values)
+        moved = self.move_many(
+            session,
+            [req],
+            event,
+            actor,
+            {req.id: details or {}},
+            note=note,
+            thread=thread,
+            **values,
         )
-        if result.rowcount != 1:
+        if not moved:
             session.rollback()
             fresh = session.get(AccessRequest, req.id)
             raise Refused(
                 f"this request just changed (now {fresh.state if fresh else 'gone'}); "
                 "nothing changed"
             )
-        self.record(
+        return req
+
+    def move_many(
+        self,
+        session: Session,
+        reqs: list[AccessRequest],
+        event: Event,
+        actor: str,
+        details: dict[int, dict[str, Any]],
+        *,
+        note: str | dict[int, str] = "",
+        thread: bool = True,
+        **values: Any,
+    ) -> list[AccessRequest]:
+        """`move` for requests in one state, with one UPDATE and one append to the audit
+        chain: the ones that were still in that state moved (returned, in order); the rest
+        changed meanwhile and are left as they are."""
+        if not reqs:
+            return []
+        (current,) = {State(r.state) for r in reqs}
+        target = transition(event, current)
+        moved_ids = set(
+            session.scalars(
+                update(AccessRequest)
+                .where(
+                    AccessRequest.id.in_([r.id for r in reqs]),  # type: ignore[union-attr]
+                    AccessRequest.state == current.value,
+                )
+                .values(state=target.value, updated_at=self.clock(), **values)
+                .returning(AccessRequest.id)
+            )
+        )
+        # The ORM UPDATE above brought the moved objects up to date (synchronize_session).
+        moved = [r for r in reqs if r.id in moved_ids]
+        notes = note if isinstance(note, dict) else {}
+        self.record_many(
             session,
-            req.id,
-            event,
-            actor,
-            {"from": current.value, "to": target.value, **(details or {})},
-            note=note,
+            [
+                (
+                    r.id,
+                    event,
+                    actor,
+                    {"from": current.value, "to": target.value, **details.get(r.id, {})},
+                    notes.get(r.id, note if isinstance(note, str) else ""),
+                )
+                for r in moved
+            ],
             thread=thread,
         )
-        # The ORM UPDATE above already brought `req` up to date (synchronize_session).
-        return req
+        return moved
 
     def record(
         self,
@@ -139,18 +180,32 @@ class Core:
         thread: bool = True,
     ) -> AuditEvent:
         """One audit event; with `thread`, also the reply and the card update it is owed."""
-        recorded = audit.append(
+        return self.record_many(
+            session, [(request_id, event, actor, details or {}, note)], thread=thread
+        )[0]
+
+    def record_many(
+        self,
+        session: Session,
+        entries: list[tuple[int | None, Event, str, dict[str, Any], str]],
+        *,
+        thread: bool = True,
+    ) -> list[AuditEvent]:
+        """Audit events (request id, event, actor, details, note), appended to the chain
+        together; with `thread`, each also owes its reply and its card update."""
+        at = self.clock()
+        recorded = audit.append_many(
             session,
-            at=self.clock(),
-            actor=actor,
-            action=event,
-            request_id=request_id,
-            details=details,
+            [
+                audit.NewEvent(at, who, event, rid, details)
+                for rid, event, who, details, _ in entries
+            ],
         )
-        if thread and request_id is not None:
-            # The card first: the very first reply needs the card it hangs under.
-            self.effects.card(session, request_id)
-            self.effects.thread(session, request_id, recorded.seq, actor, note)
-            if event in CREDENTIAL_MESSAGE_EVENTS:
-                self.effects.credential_changed(session, request_id)
+        for (request_id, event, actor, _, note), done in zip(entries, recorded, strict=True):
+            if thread and request_id is not None:
+                # The card first: the very first reply needs the card it hangs under.
+                self.effects.card(session, request_id)
+                self.effects.thread(session, request_id, done.seq, actor, note)
+                if event in CREDENTIAL_MESSAGE_EVENTS:
+                    self.effects.credential_changed(session, request_id)
         return recorded

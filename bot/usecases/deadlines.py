@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +27,7 @@ ISSUE_INTERRUPTED_AFTER = timedelta(seconds=90)
 # Due deadlines are handled this many at a time: a restart with 1,000 overdue grants
 # revokes them in parallel, as Vault allows, not one after another.
 SWEEP_THREADS = 16
+SWEEP_BATCH = 100  # due deadlines of a kind that batches, handled together
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class DeadlineKind:
     run: Callable[[int], bool]  # True when it acted
     # Retries are timed by the wall clock (when to try Vault again), not by the domain's.
     wall_clock: bool = False
+    # Many due at once, handled as batches: the keys it acted on.
+    run_many: Callable[[list[int]], Collection[int]] | None = None
 
 
 class Deadlines:
@@ -48,7 +51,9 @@ class Deadlines:
             k.name: k
             for k in (
                 DeadlineKind("timeout", "timed_out", self._pending, requests.time_out),
-                DeadlineKind("expire", "expired", self._active, grants.expire),
+                DeadlineKind(
+                    "expire", "expired", self._active, grants.expire, run_many=grants.expire_many
+                ),
                 DeadlineKind("interrupted", "interrupted", self._issuing, self._interrupted),
                 DeadlineKind(
                     "revocation", "revoked", self._revocations, grants.try_revoke, wall_clock=True
@@ -122,21 +127,40 @@ class Deadlines:
         if not due:
             return done
 
-        def one(item: tuple[str, int]) -> str | None:
-            kind, key = item
-            try:
-                return self.kinds[kind].done_key if self.run(kind, key) else None
-            except Exception:
-                log.exception("sweep could not handle %s of %s", kind, key)
-                return "failed"
+        work: list[tuple[str, list[int]]] = []
+        for name, kind in self.kinds.items():
+            keys = [key for k, key in due if k == name]
+            size = SWEEP_BATCH if kind.run_many else 1
+            work += [(name, keys[i : i + size]) for i in range(0, len(keys), size)]
 
-        with ThreadPoolExecutor(min(SWEEP_THREADS, len(due)), "sweep") as pool:
-            for key in pool.map(one, due):
-                if key:
-                    done[key] += 1
+        def one(item: tuple[str, list[int]]) -> tuple[str, int]:
+            name, keys = item
+            try:
+                return self.kinds[name].done_key, self.run_many(name, keys)
+            except Exception:
+                log.exception("sweep could not handle %s of %s", name, keys)
+                return "failed", len(keys)
+
+        with ThreadPoolExecutor(min(SWEEP_THREADS, len(work)), "sweep") as pool:
+            for key, count in pool.map(one, work):
+                done[key] += count
         if any(done.values()):
             log.info("sweep: %s", {k: v for k, v in done.items() if v})
         return done
+
+    def run_many(self, kind: str, keys: list[int]) -> int:
+        """Act on due deadlines of one kind, as one batch where the kind allows; how many it
+        acted on."""
+        handler = self.kinds[kind].run_many
+        if handler is None or len(keys) == 1:
+            return sum(self.run(kind, key) for key in keys)
+        with self._running_lock:
+            self._running += 1
+        try:
+            return len(handler(keys))
+        finally:
+            with self._running_lock:
+                self._running -= 1
 
     def run(self, kind: str, key: int) -> bool:
         """Act on one deadline (entry point for timers and the sweep); True if it acted."""

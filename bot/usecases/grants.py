@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
 from bot.domain.workflow import Event, Refused, State, check_revoker
 from bot.store import AccessRequest, Grant, OutboxEntry
+from bot.usecases.batch import Combined
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.effects import Later
 from bot.usecases.ports import Courier, utcnow
@@ -33,6 +35,7 @@ from providers import (
 log = logging.getLogger(__name__)
 
 REVOKE_BACKOFF_CAP = timedelta(seconds=30)
+REVOKE_THREADS = 16
 # A revocation still pending this long is an alert in the security channel, once.
 REVOCATION_STUCK_AFTER = timedelta(minutes=5)
 # A reveal claimed this long ago and never finished (the bot died mid-way) may be tried again.
@@ -50,6 +53,9 @@ class Grants:
     def __init__(self, core: Core, courier: Courier | None = None):
         self.core = core
         self.courier = courier
+        self._expiring = Combined(self.expire_many)
+        # Revocations that come due together go to Vault together.
+        self._pool = ThreadPoolExecutor(REVOKE_THREADS, "revoke")
 
     # ---- issue and deliver ----------------------------------------------------------------
 
@@ -97,7 +103,7 @@ class Grants:
             s.add(grant)
             if owed:
                 s.flush()
-                _owe(s, grant, "failed", SYSTEM, "the request failed while issuing", now(core))
+                _owe(s, [grant], "failed", SYSTEM, "the request failed while issuing", now(core))
         if owed:
             self.try_revoke(request_id)
             return
@@ -247,7 +253,7 @@ class Grants:
                 core.move(s, req, Event.ISSUE_FAILED, SYSTEM, {"error": reason}, note=reason)
                 grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
                 if grant is not None and grant.ended_at is None:
-                    _owe(s, grant, "failed", SYSTEM, reason, now(core))
+                    _owe(s, [grant], "failed", SYSTEM, reason, now(core))
                 core.effects.dm(
                     s,
                     request_id,
@@ -404,12 +410,39 @@ class Grants:
         return self.end(request_id, Event.REVOKED, actor, reason)
 
     def expire(self, request_id: int) -> bool:
-        """End an active grant whose time is up. False when there was nothing to do."""
-        try:
-            self.end(request_id, Event.EXPIRED, SYSTEM, "expired", due_only=True)
-        except Refused:
-            return False
-        return True
+        """End an active grant whose time is up. False when there was nothing to do. Timers
+        that fire together are served together (`expire_many`)."""
+        return self._expiring.submit(request_id)
+
+    def expire_many(self, request_ids: list[int]) -> set[int]:
+        """End, as one batch, the active grants among these whose time is up: one transaction
+        records them all as ending, Vault revokes them in parallel, one transaction records
+        what Vault confirmed. The ids that ended."""
+        core = self.core
+        at = now(core)
+        with core.store.transaction() as s:
+            rows = s.exec(
+                select(AccessRequest, Grant)
+                .join(Grant, Grant.request_id == AccessRequest.id)  # type: ignore[arg-type]
+                .where(
+                    AccessRequest.id.in_(request_ids),  # type: ignore[union-attr]
+                    AccessRequest.state == State.ACTIVE.value,
+                    Grant.expires_at <= at,
+                )
+                .order_by(AccessRequest.id)  # one lock order, however many
+                .with_for_update(of=AccessRequest)
+            ).all()
+            why = {"end": Event.EXPIRED.value, "reason": "expired"}
+            reqs = [r for r, _ in rows]
+            moved = core.move_many(
+                s, reqs, Event.ENDING, SYSTEM, {r.id: why for r in reqs}, thread=False
+            )
+            ending = {r.id for r in moved}
+            grants = [g for r, g in rows if r.id in ending]
+            _owe(s, grants, Event.EXPIRED.value, SYSTEM, "expired", at)
+        for grant in grants:
+            core.timers.cancel("expire", grant.request_id)
+        return self._revoke(grants)
 
     def end(
         self, request_id: int, event: Event, actor: str, reason: str, *, due_only: bool = False
@@ -445,87 +478,112 @@ class Grants:
         self.core.move(
             s, req, Event.ENDING, actor, {"end": event.value, "reason": reason}, thread=False
         )
-        _owe(s, grant, event.value, actor, reason, now(self.core))
+        _owe(s, [grant], event.value, actor, reason, now(self.core))
         return grant
 
     def _owe_revocation(self, request_id: int, why: str) -> None:
         with self.core.store.transaction() as s:
             grant = self._grant_of(s, request_id)
             if grant.ended_at is None:
-                _owe(s, grant, why, SYSTEM, why, now(self.core))
+                _owe(s, [grant], why, SYSTEM, why, now(self.core))
 
     def try_revoke(self, request_id: int, grant: Grant | None = None) -> bool:
         """One attempt at an owed revocation (entry point for the timer and the sweep too;
-        `grant` as just read by the caller, if it has it). Vault first; the state says
-        "ended" only once Vault confirmed. On failure: backoff capped at 30 s, one thread
-        notice when it starts failing, one alert when it is stuck."""
-        core = self.core
+        `grant` as just read by the caller, if it has it)."""
         if grant is None:
-            with core.store.read() as s:
+            with self.core.store.read() as s:
                 grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
-        if grant is None or grant.ended_at is not None or grant.revoke_next_at is None:
+        if grant is None:
             return False
+        return request_id in self._revoke([grant])
+
+    def _revoke(self, grants: list[Grant]) -> set[int]:
+        """One attempt at each owed revocation, in parallel. Vault first; the state says
+        "ended" only once Vault confirmed. On failure: backoff capped at 30 s, one thread
+        notice when it starts failing, one alert when it is stuck. The ids that ended."""
+        owed = [g for g in grants if g.ended_at is None and g.revoke_next_at is not None]
+        if len(owed) > 1:
+            errors = list(self._pool.map(self._revoke_in_vault, owed))
+        else:
+            errors = [self._revoke_in_vault(g) for g in owed]
+        ended, swapped = self._confirm(
+            [g for g, error in zip(owed, errors, strict=True) if error is None], now(self.core)
+        )
+        for grant, error in zip(owed, errors, strict=True):
+            if error is not None:
+                self._revoke_failed(grant.request_id, error)
+        # A redelivery swapped the credential while we revoked the old one: again.
+        return ended | {rid for rid in swapped if self.try_revoke(rid)}
+
+    def _revoke_in_vault(self, grant: Grant) -> str | None:
+        """None once Vault confirmed, else why not."""
         try:
             # Every provider issues through a per-grant child token, so ending a grant is the
             # same for all and needs nothing from the policy (the resource may be gone since).
-            core.backend.revoke(grant.token_accessor, grant.lease_id)
+            self.core.backend.revoke(grant.token_accessor, grant.lease_id)
         except ProviderError as exc:
-            self._revoke_failed(request_id, str(exc))
-            return False
-        at = now(core)
-        with core.store.transaction() as s:
-            req = core.lock(s, request_id)
-            fresh = self._grant_of(s, request_id)
-            if fresh.ended_at is not None:
-                return False  # another replica (or the timer and the sweep) got there first
-            swapped = fresh.token_accessor != grant.token_accessor
-            if not swapped:
-                self._ended(s, req, fresh, at)
-        if swapped:  # a redelivery swapped the credential while we revoked the old one: again
-            return self.try_revoke(request_id)
-        return True
+            return str(exc)
+        return None
 
-    def _ended(self, s: Session, req: AccessRequest, fresh: Grant, at: datetime) -> None:
-        """Vault confirmed: the grant ended, and the request with it if it was ending."""
+    def _confirm(self, revoked: list[Grant], at: datetime) -> tuple[set[int], list[int]]:
+        """Vault confirmed these revocations: each grant ended, and its request with it if
+        it was ending. The ids that ended, and those whose credential was swapped meanwhile."""
+        if not revoked:
+            return set(), []
         core = self.core
-        request_id = req.id
-        s.execute(
-            update(Grant)
-            .where(Grant.id == fresh.id)
-            .values(ended_at=at, revoke_next_at=None, revoke_error=None)
-        )
-        if req.state != State.ENDING:
-            log.info("request %s (%s): its credential is revoked", request_id, req.state)
-            return
-        event = Event(fresh.end_reason or Event.REVOKED.value)
-        core.move(
-            s,
-            req,
-            event,
-            fresh.ended_by or SYSTEM,
-            {
-                "reason": fresh.end_note,
-                "identity": fresh.identity,
-                "attempts": fresh.revoke_attempts + 1,
-                **(
-                    {"pending_since": fresh.revoke_failing_since.isoformat()}
-                    if fresh.revoke_failing_since
-                    else {}
-                ),
-            },
-            note="" if event == Event.EXPIRED else fresh.end_note or "",
-        )
-        core.effects.dm(
-            s,
-            request_id,
-            req.requester,
-            Notice(
-                NoticeKind.ACCESS_ENDED,
-                request_id,
-                {"resource": req.resource, "how": event.value, "by": fresh.ended_by},
-            ),
-        )
-        log.info("request %s: %s; Vault confirmed the revocation", request_id, event.value)
+        asked = {g.request_id: g.token_accessor for g in revoked}
+        with core.store.transaction() as s:
+            rows = s.exec(
+                select(AccessRequest, Grant)
+                .join(Grant, Grant.request_id == AccessRequest.id)  # type: ignore[arg-type]
+                .where(AccessRequest.id.in_(list(asked)))  # type: ignore[union-attr]
+                .order_by(AccessRequest.id)
+                .with_for_update(of=AccessRequest)
+            ).all()
+            # Another replica (or the timer and the sweep) may have got there first.
+            open_rows = [(r, g) for r, g in rows if g.ended_at is None]
+            swapped = [r.id for r, g in open_rows if g.token_accessor != asked[r.id]]
+            done = [(r, g) for r, g in open_rows if g.token_accessor == asked[r.id]]
+            if done:
+                s.execute(
+                    update(Grant)
+                    .where(Grant.id.in_([g.id for _, g in done]))  # type: ignore[union-attr]
+                    .values(ended_at=at, revoke_next_at=None, revoke_error=None)
+                )
+            for req, _ in done:
+                if req.state != State.ENDING:
+                    log.info("request %s (%s): its credential is revoked", req.id, req.state)
+            self._ended(s, [(r, g) for r, g in done if r.state == State.ENDING])
+        return {r.id for r, _ in done}, swapped
+
+    def _ended(self, s: Session, ending: list[tuple[AccessRequest, Grant]]) -> None:
+        """The requests whose end Vault confirmed: revoked or expired, as recorded."""
+        core = self.core
+        groups: dict[tuple[Event, str], list[tuple[AccessRequest, Grant]]] = {}
+        for req, grant in ending:
+            how = Event(grant.end_reason or Event.REVOKED.value)
+            groups.setdefault((how, grant.ended_by or SYSTEM), []).append((req, grant))
+        for (event, actor), group in groups.items():
+            core.move_many(
+                s,
+                [r for r, _ in group],
+                event,
+                actor,
+                {r.id: _ended_details(g) for r, g in group},
+                note={r.id: "" if event == Event.EXPIRED else g.end_note or "" for r, g in group},
+            )
+            for req, grant in group:
+                core.effects.dm(
+                    s,
+                    req.id,
+                    req.requester,
+                    Notice(
+                        NoticeKind.ACCESS_ENDED,
+                        req.id,
+                        {"resource": req.resource, "how": event.value, "by": grant.ended_by},
+                    ),
+                )
+                log.info("request %s: %s; Vault confirmed the revocation", req.id, event.value)
 
     def _revoke_failed(self, request_id: int, error: str) -> None:
         core = self.core
@@ -622,12 +680,24 @@ def _credential_into(s: Session, grant: Grant, issued: IssuedCredential, expires
     s.refresh(grant)
 
 
-def _owe(s: Session, grant: Grant, end: str, actor: str, note: str, at: datetime) -> None:
-    s.execute(
-        update(Grant)
-        .where(Grant.id == grant.id)
-        .values(end_reason=end, ended_by=actor, end_note=note, revoke_next_at=at)
-    )
+def _owe(s: Session, grants: list[Grant], end: str, actor: str, note: str, at: datetime) -> None:
+    if grants:
+        s.execute(
+            update(Grant)
+            .where(Grant.id.in_([g.id for g in grants]))  # type: ignore[union-attr]
+            .values(end_reason=end, ended_by=actor, end_note=note, revoke_next_at=at)
+        )
+
+
+def _ended_details(grant: Grant) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "reason": grant.end_note,
+        "identity": grant.identity,
+        "attempts": grant.revoke_attempts + 1,
+    }
+    if grant.revoke_failing_since:
+        details["pending_since"] = grant.revoke_failing_since.isoformat()
+    return details
 
 
 def _why(exc: Exception, request_id: int) -> str:
