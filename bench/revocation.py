@@ -242,7 +242,7 @@ def restart(sb: Sandbox, count: int, deadline: float) -> None:
         print(f"  TIMEOUT after {deadline:.0f} s; {pending_note(mine)}")
     log = served.log_text().split("==== started again ====")[-1]
     for line in log.splitlines():
-        if "sweep" in line or "TIMEOUT" in line or "Booting worker" in line:
+        if any(w in line for w in ("sweep", "TIMEOUT", "Booting worker", "WARNING", "ERROR")):
             print(f"  log: {line.strip()[:160]}")
     served.stop()
     vault = sb.direct_vault()

@@ -16,9 +16,24 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import hvac
+import requests
+from requests.adapters import HTTPAdapter
 
 from providers.base import ProviderError, VaultForbidden
 from providers.vault import vault_errors
+
+# Connections kept open to Vault: as many as threads call it at once (a batch of revocations,
+# the sweep, requests being served), so none is opened and thrown away per call.
+VAULT_CONNECTIONS = 32
+
+
+def _pooled_session() -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=VAULT_CONNECTIONS)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +122,7 @@ class VaultAuth:
             "namespace": namespace,
         }
         token = method.token if isinstance(method, TokenLogin) else None
-        self.client = hvac.Client(token=token, **self._client_args)
+        self.client = hvac.Client(token=token, session=_pooled_session(), **self._client_args)
         self._lock = threading.Lock()
         self._ends_at: float | None = None  # monotonic: the token's TTL runs out (last seen)
         self._hard_end: float | None = None  # monotonic: the token ends, renewed or not
