@@ -6,12 +6,13 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bot.domain.durations import DurationError, parse_duration
+from bot.domain.windows import Window, check_cron, check_timezone
 
 SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 SLACK_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
@@ -41,6 +42,55 @@ class Resource(BaseModel):
     emergency: bool = False
     # Groups (from `approvers:`) whose members may ask for it; absent: anyone in Slack.
     requesters: list[str] | None = None
+    # When a review is owed once a grant ends: after every emergency grant (made without
+    # approval), or after every grant.
+    review: Literal["emergency", "always"] = "emergency"
+    # Groups whose members review; absent: the resource's approvers.
+    reviewers: list[str] | None = None
+    # Approvals needed for a request made outside every maintenance window that applies to
+    # the resource; absent: `approvals`.
+    outside_window_approvals: int | None = Field(default=None, ge=1)
+
+    def approvals_needed(self, outside_window: bool | None) -> int:
+        if outside_window and self.outside_window_approvals:
+            return max(self.approvals, self.outside_window_approvals)
+        return self.approvals
+
+
+def _cron(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError('a cron expression is a string, such as "0 2 * * SUN"')
+    check_cron(value)
+    return value
+
+
+def _zone(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a time zone is a string, such as Europe/Berlin")
+    check_timezone(value)
+    return value
+
+
+class MaintenanceWindow(BaseModel):
+    """When privileged work is expected: starting at each time `cron` names in `timezone`,
+    for `duration`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    cron: Annotated[str, BeforeValidator(_cron)]
+    duration: Duration
+    timezone: Annotated[str, BeforeValidator(_zone)] = "UTC"
+    resources: list[str] | None = None  # absent: every resource
+
+    def window(self) -> Window:
+        return Window(
+            name=self.name,
+            cron=self.cron,
+            duration=self.duration,
+            timezone=self.timezone,
+            resources=None if self.resources is None else frozenset(self.resources),
+        )
 
 
 class Policy(BaseModel):
@@ -55,6 +105,21 @@ class Policy(BaseModel):
     approval_timeout: Duration = timedelta(minutes=30)
     # Life of the single-use wrapping token handed to the requester.
     wrap_ttl: Duration = timedelta(minutes=10)
+    # A review not done this long after it was owed is reminded once and marked overdue.
+    review_due: Duration = timedelta(hours=48)
+    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
+
+    @property
+    def windows(self) -> list[Window]:
+        return [w.window() for w in self.maintenance_windows]
+
+    def reviewer_ids(self, resource: str) -> set[str]:
+        """Every Slack user who may review grants of `resource` (its approvers by default)."""
+        res = self.resources.get(resource)
+        if res is None:
+            return set()
+        groups = res.reviewers if res.reviewers is not None else res.approvers
+        return {user for g in groups for user in self.approvers.get(g, [])}
 
     def may_request(self, user: str, resource: str) -> bool:
         res = self.resources.get(resource)
@@ -227,12 +292,33 @@ def _cross_checks(policy: Policy) -> list[tuple[tuple, str]]:
         for i, group in enumerate(res.requesters or []):
             if group not in policy.approvers:
                 found.append(((*base, "requesters", i), f"no group named {group!r}"))
+        for i, group in enumerate(res.reviewers or []):
+            if group not in policy.approvers:
+                found.append(((*base, "reviewers", i), f"no group named {group!r}"))
         people = policy.approver_ids(name)
         if people and res.approvals > len(people):
             found.append(
                 (
                     (*base, "approvals"),
                     f"needs {res.approvals} distinct approvers but its groups have {len(people)}",
+                )
+            )
+        extra = res.outside_window_approvals
+        if extra and people and extra > len(people):
+            found.append(
+                (
+                    (*base, "outside_window_approvals"),
+                    f"needs {extra} distinct approvers but its groups have {len(people)}",
+                )
+            )
+        if extra and not any(
+            isinstance(w, MaintenanceWindow) and (w.resources is None or name in w.resources)
+            for w in policy.maintenance_windows
+        ):
+            found.append(
+                (
+                    (*base, "outside_window_approvals"),
+                    "no maintenance window applies to this resource, so this never takes effect",
                 )
             )
         if not res.provider:
@@ -243,6 +329,20 @@ def _cross_checks(policy: Policy) -> list[tuple[tuple, str]]:
         else:
             for key, message in options_problems(res.provider, res.options):
                 found.append(((*base, "options", *key), message))
+    names: set[str] = set()
+    for i, window in enumerate(policy.maintenance_windows):
+        if not isinstance(window, MaintenanceWindow):
+            continue  # invalid: already reported by the schema check
+        if window.name in names:
+            found.append((("maintenance_windows", i, "name"), f"{window.name!r} is used twice"))
+        names.add(window.name)
+        if window.duration <= timedelta(0):
+            found.append((("maintenance_windows", i, "duration"), "must be longer than zero"))
+        for j, resource in enumerate(window.resources or []):
+            if resource not in policy.resources:
+                found.append(
+                    (("maintenance_windows", i, "resources", j), f"no resource named {resource!r}")
+                )
     return found
 
 

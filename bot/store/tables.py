@@ -81,6 +81,11 @@ class AccessRequest(SQLModel, table=True):
     thread_ts: str | None = Field(default=None, max_length=32)
     # The submission that filed it (Slack's view id): a replayed submission files nothing.
     submission_key: str | None = Field(default=None, max_length=64, unique=True, index=True)
+    # The maintenance window it was made in; `outside_window` is None where none applies.
+    window: str | None = Field(default=None, max_length=64)
+    outside_window: bool | None = None
+    # Anomaly flags raised when it was filed: JSON, a list of {"kind", "reason"}.
+    flags: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class Decision(SQLModel, table=True):
@@ -176,14 +181,21 @@ class OutboxEntry(SQLModel, table=True):
 
 
 class Review(SQLModel, table=True):
+    """A post-incident review owed once a grant ended; open until someone closes it."""
+
     __tablename__ = "review"
 
     id: int | None = Field(default=None, primary_key=True)
-    request_id: int = Field(foreign_key="access_request.id", index=True)
-    reviewer: str = Field(max_length=32)
-    outcome: str = Field(max_length=32)
+    request_id: int = Field(foreign_key="access_request.id", unique=True, index=True)
+    owed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    due_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    reminded_at: datetime | None = _ts()
+    reviewer: str | None = Field(default=None, max_length=32)
+    outcome: str | None = Field(
+        default=None, max_length=32
+    )  # legitimate | needs_follow_up | misuse
     notes: str | None = Field(default=None, sa_type=sa.Text)
-    reviewed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    reviewed_at: datetime | None = _ts()
 
 
 def create_db_engine(url: str) -> sa.Engine:

@@ -35,7 +35,7 @@ class Card:
 
     @property
     def needed(self) -> int:
-        return self.resource.approvals
+        return self.resource.approvals_needed(self.request.outside_window)
 
     @property
     def state(self) -> State:

@@ -10,6 +10,7 @@ from sqlmodel import Session, select
 
 from bot.domain.forms import RequestForm, check_form, check_reason
 from bot.domain.notices import Notice, NoticeKind
+from bot.domain.windows import place
 from bot.domain.workflow import (
     Event,
     Refused,
@@ -78,6 +79,7 @@ class Requests:
         if not core.policy.may_request(requester, valid.resource):
             raise Refused("you are not among those who may ask for this resource")
         now = core.clock()
+        placed = place(core.policy.windows, valid.resource, now)
         with core.store.transaction() as s:
             if submission_key is not None:
                 seen = s.exec(
@@ -99,6 +101,8 @@ class Requests:
                 updated_at=now,
                 timeout_at=None if valid.emergency else now + core.policy.approval_timeout,
                 submission_key=submission_key,
+                window=placed.window,
+                outside_window=placed.outside,
             )
             s.add(req)
             try:
@@ -129,6 +133,8 @@ class Requests:
                     "justification": req.justification,
                     "ticket": req.ticket,
                     "emergency": req.emergency,
+                    "window": req.window,
+                    "outside_window": req.outside_window,
                 },
             )
             if valid.emergency:  # check_form refused it where the resource does not allow it
@@ -172,7 +178,7 @@ class Requests:
             except IntegrityError:
                 raise Refused("you have already decided on this request; nothing changed") from None
             approvals = [d.approver for d in decisions if d.outcome == "approve"] + [actor]
-            needed = core.policy.resources[req.resource].approvals
+            needed = core.policy.resources[req.resource].approvals_needed(req.outside_window)
             approved = quorum_reached(approvals, req.requester, needed)
             if approved:
                 core.move(

@@ -72,10 +72,27 @@ def request_summary(card: Card) -> str:
         f"*Requester:* {mention(req.requester)}\n"
         f"*Resource:* `{escape(req.resource)}`, {escape_clip(card.resource.description, 300)}\n"
         f"*Duration:* {format_duration(card.duration)}{ticket}\n"
+        f"{window_line(card)}"
         "*Why:* "
     )
     # A section holds 3000 characters; escaping can make a long justification longer.
     return head + escape_clip(req.justification, SECTION_LIMIT - len(head))
+
+
+def window_line(card: Card) -> str:
+    """Where the request fell against the maintenance windows (nothing when none applies)."""
+    req = card.request
+    if req.outside_window:
+        extra = card.needed - card.resource.approvals
+        more = (
+            f"; {card.needed} approvals needed instead of {card.resource.approvals}"
+            if extra > 0
+            else ""
+        )
+        return f":warning: *Outside every maintenance window*{more}\n"
+    if req.window:
+        return f"*Maintenance window:* {escape_clip(req.window, 64)}\n"
+    return ""
 
 
 def status_line(card: Card) -> str:
