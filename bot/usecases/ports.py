@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,14 @@ class Card:
     @property
     def needed(self) -> int:
         return self.resource.approvals_needed(self.request.outside_window)
+
+    @property
+    def flags(self) -> list[str]:
+        """The anomaly flags' reasons, as recorded when the request was filed."""
+        try:
+            return [str(f["reason"]) for f in json.loads(self.request.flags or "[]")]
+        except (ValueError, TypeError, KeyError):
+            return []
 
     @property
     def state(self) -> State:

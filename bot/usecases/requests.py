@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from bot.domain.anomalies import RATE_BASELINE, RATE_WINDOW, Flag, Past, flags_for
 from bot.domain.forms import RequestForm, check_form, check_reason
 from bot.domain.notices import Notice, NoticeKind
 from bot.domain.windows import place
@@ -19,7 +21,7 @@ from bot.domain.workflow import (
     describe_state,
     quorum_reached,
 )
-from bot.store import OPEN_STATES, AccessRequest, Decision
+from bot.store import OPEN_STATES, AccessRequest, Decision, Grant
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.grants import Grants
 
@@ -58,6 +60,28 @@ class Requests:
                 AccessRequest.state.in_(OPEN_STATES),  # type: ignore[attr-defined]
             )
         ).first()
+
+    @staticmethod
+    def _flags(s: Session, req: AccessRequest) -> list[Flag]:
+        """What is unusual about this request, from the person's own last year."""
+        since = req.created_at - RATE_WINDOW - RATE_BASELINE
+        rows = s.exec(
+            select(
+                AccessRequest.resource,
+                AccessRequest.created_at,
+                AccessRequest.emergency,
+                Grant.id,
+            )
+            .outerjoin(Grant, Grant.request_id == AccessRequest.id)  # type: ignore[arg-type]
+            .where(AccessRequest.requester == req.requester, AccessRequest.created_at >= since)
+        ).all()
+        return flags_for(
+            resource=req.resource,
+            at=req.created_at,
+            emergency=req.emergency,
+            outside_window=req.outside_window,
+            history=[Past(r, at, bool(e), g is not None) for r, at, e, g in rows],
+        )
 
     @staticmethod
     def _already_open(req: AccessRequest) -> str:
@@ -104,6 +128,8 @@ class Requests:
                 window=placed.window,
                 outside_window=placed.outside,
             )
+            flags = self._flags(s, req)
+            req.flags = json.dumps([f.to_json() for f in flags]) if flags else None
             s.add(req)
             try:
                 s.flush()
@@ -135,6 +161,7 @@ class Requests:
                     "emergency": req.emergency,
                     "window": req.window,
                     "outside_window": req.outside_window,
+                    "flags": [f.to_json() for f in flags],
                 },
             )
             if valid.emergency:  # check_form refused it where the resource does not allow it

@@ -80,19 +80,21 @@ def request_summary(card: Card) -> str:
 
 
 def window_line(card: Card) -> str:
-    """Where the request fell against the maintenance windows (nothing when none applies)."""
+    """The maintenance window the request was made in, or what being outside costs; and the
+    anomaly flags, each with its reason (nothing when there is nothing to say)."""
     req = card.request
-    if req.outside_window:
-        extra = card.needed - card.resource.approvals
-        more = (
-            f"; {card.needed} approvals needed instead of {card.resource.approvals}"
-            if extra > 0
-            else ""
-        )
-        return f":warning: *Outside every maintenance window*{more}\n"
+    out = ""
     if req.window:
-        return f"*Maintenance window:* {escape_clip(req.window, 64)}\n"
-    return ""
+        out += f"*Maintenance window:* {escape_clip(req.window, 64)}\n"
+    elif req.outside_window and card.needed > card.resource.approvals:
+        out += (
+            f"*Approvals:* {card.needed} outside maintenance windows "
+            f"({card.resource.approvals} inside)\n"
+        )
+    if card.flags:
+        reasons = " · ".join(escape_clip(r, 200) for r in card.flags[:6])
+        out += f":triangular_flag_on_post: *Flags:* {reasons}\n"
+    return out
 
 
 def status_line(card: Card) -> str:
