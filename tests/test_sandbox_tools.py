@@ -305,3 +305,36 @@ def test_connection_error_handler_retries_a_reset(slack):
     with pytest.raises(ConnectionResetError):
         slack.drop("auth.test")
         web(slack).auth_test()
+
+
+def test_files_upload_v2_reaches_the_fake_in_its_three_steps(slack):
+    from slack_sdk import WebClient
+
+    client = WebClient(token="xoxb-sandbox", base_url=slack.api_url)
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+    answer = client.files_upload_v2(
+        content=png, filename="chart.png", title="Chart", channel="C0SECURITY", initial_comment="hi"
+    )
+    assert answer["ok"]
+    assert [c.method for c in slack.calls] == [
+        "files.getUploadURLExternal",
+        "upload",
+        "files.completeUploadExternal",
+    ]
+    (file_id,) = slack.files
+    assert slack.files[file_id]["data"] == png and slack.files[file_id]["shared"] == "C0SECURITY"
+    (message,) = slack.channel_messages("C0SECURITY")
+    assert message.text == "hi" and message.files == [file_id]
+
+
+def test_the_digest_chart_is_a_png(tmp_path):
+    from datetime import date, timedelta
+
+    from bot.chart import draw_events_chart
+
+    days = [date(2026, 11, 16) + timedelta(days=i) for i in range(7)]
+    path = draw_events_chart(
+        days, {"prod-db": [1, 0, 2, 0, 0, 3, 1]}, [0, 1, 0, 0, 0, 2, 0], tmp_path / "c.png"
+    )
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" in data[-16:]

@@ -64,6 +64,7 @@ class Message:
     thread_ts: str | None = None
     broadcast: bool = False
     edits: int = 0
+    files: list[str] = field(default_factory=list)  # ids of files shared with it
 
 
 @dataclass
@@ -122,6 +123,8 @@ class FakeSlack:
         self.views: dict[str, dict[str, Any]] = {}  # view id -> the view as it is now
         self.bot_in_channel = True
         self.channel_members: dict[str, list[str]] = {}
+        # Files upload v2: file id -> {"filename", "length", "data" (once uploaded), "shared"}
+        self.files: dict[str, dict[str, Any]] = {}
         self._faults: dict[str, deque[_Fault]] = {}
         self._outage: int | None = None
         self._ts = itertools.count(1)
@@ -142,7 +145,16 @@ class FakeSlack:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode()
+                data = self.rfile.read(length)
+                if self.path.startswith("/upload/"):  # files upload v2: the bytes themselves
+                    ok = fake._receive_upload(self.path.removeprefix("/upload/"), data)
+                    self.send_response(200 if ok else 404)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"OK" if ok else b"NO")
+                    return
+                raw = data.decode()
                 args = _decode(raw, self.headers.get("Content-Type", ""))
                 auth = self.headers.get("Authorization", "")
                 token = auth.removeprefix("Bearer ") or args.get("token")
@@ -341,11 +353,59 @@ class FakeSlack:
             return {"ok": True, "channel": self._channel_info(str(args.get("channel")))}
         if method == "response_url":
             return {"ok": True}
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{next(self._ts):07d}"
+            self.files[file_id] = {
+                "filename": args.get("filename"),
+                "length": int(args.get("length") or 0),
+                "data": None,
+                "shared": None,
+            }
+            return {"ok": True, "file_id": file_id, "upload_url": f"{self.url}/upload/{file_id}"}
+        if method == "files.completeUploadExternal":
+            return self._complete_upload(args)
         if method == "apps.connections.open":
             # Socket Mode: a WebSocket URL where nothing listens; the sandbox has no
             # Socket Mode server, it only records that the bot asked for one.
             return {"ok": True, "url": "ws://127.0.0.1:9/socket-mode-sandbox"}
         return {"ok": False, "error": "unknown_method"}
+
+    def _receive_upload(self, file_id: str, data: bytes) -> bool:
+        with self._lock:
+            self.calls.append(Call("upload", {"file_id": file_id, "bytes": len(data)}, None))
+            entry = self.files.get(file_id)
+            if entry is None:
+                return False
+            entry["data"] = data
+            return True
+
+    def _complete_upload(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Share uploaded files in a channel (or a thread), with an optional comment."""
+        files = args.get("files")
+        if isinstance(files, str):
+            files = json.loads(files)
+        channel = str(args.get("channel_id") or "")
+        shared = []
+        for f in files or []:
+            entry = self.files.get(str(f.get("id")))
+            if entry is None or entry["data"] is None or len(entry["data"]) != entry["length"]:
+                return {"ok": False, "error": "file_not_found"}
+            if channel.startswith(("C", "G")) and not self.bot_in_channel:
+                return {"ok": False, "error": "not_in_channel"}
+            entry["shared"] = channel
+            entry["title"] = f.get("title")
+            shared.append({"id": f.get("id"), "title": f.get("title")})
+        if channel:
+            msg = Message(
+                channel,
+                self._new_ts(),
+                args.get("initial_comment") or "",
+                [],
+                args.get("thread_ts"),
+            )
+            msg.files = [f["id"] for f in shared]
+            self.messages.append(msg)
+        return {"ok": True, "files": shared}
 
     def _new_ts(self) -> str:
         return f"{int(time.time())}.{next(self._ts):06d}"
