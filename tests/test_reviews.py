@@ -397,3 +397,50 @@ def test_two_replicas_remind_once(bot, slack, backends, clock, database_url, tmp
         assert chain_intact(bot)
     finally:
         other.stop()
+
+
+# ---- tier 1: the rules and the builders ------------------------------------------------------
+
+
+def test_the_rules_of_reviewing():
+    from bot.domain.reviews import Outcome, check_review, check_reviewer, review_owed
+    from bot.domain.workflow import Refused
+    from bot.policy import Resource
+
+    normal = Resource(provider="vault-token", approvers=["a"])
+    always = Resource(provider="vault-token", approvers=["a"], review="always")
+    assert review_owed(emergency=True, review_required=False, resource=normal)
+    assert not review_owed(emergency=False, review_required=False, resource=normal)
+    assert review_owed(emergency=False, review_required=False, resource=always)
+    assert not review_owed(emergency=False, review_required=False, resource=None)
+    with pytest.raises(Refused, match="your own"):
+        check_reviewer(actor="U1", requester="U1", reviewers={"U1", "U2"})
+    with pytest.raises(Refused, match="not a reviewer"):
+        check_reviewer(actor="U3", requester="U1", reviewers={"U2"})
+    check_reviewer(actor="U2", requester="U1", reviewers={"U2"})
+    valid, _ = check_review("legitimate", "  ")
+    assert valid is not None and valid.outcome == Outcome.LEGITIMATE and valid.notes is None
+    valid, _ = check_review("misuse", " Shared the password. ")
+    assert valid is not None and valid.notes == "Shared the password."
+    assert set(check_review(None, None)[1]) == {"outcome"}
+    assert set(check_review(["misuse"], "x")[1]) == {"outcome"}
+    assert set(check_review("needs_follow_up", "")[1]) == {"notes"}
+    assert "broken Unicode" in check_review("legitimate", "\ud800")[1]["notes"]
+
+
+def test_review_builders_fit_slacks_limits():
+    from datetime import UTC, datetime
+
+    from bot.slack.review.blocks import LISTED_AT_MOST, read_review_form, review_list
+    from bot.usecases.reviews import ReviewItem
+
+    now = datetime.now(UTC)
+    items = [ReviewItem(i, "r" * 128, "U0ALICE", now, overdue=i % 2 == 0) for i in range(1, 60)]
+    text, blocks = review_list(items)
+    assert len(blocks) == 1 + LISTED_AT_MOST + 1 <= 50
+    assert "…and 39 more." in text
+    assert read_review_form({"private_metadata": "not json", "state": 3}) == {
+        "request_id": None,
+        "outcome": None,
+        "notes": None,
+    }

@@ -198,25 +198,29 @@ def event_text(card: Card, event: Event, actor: str, note: str = "") -> str:
         Event.DELIVERY_FAILED: f":warning: The credential could not be delivered ({escape(note)}); "
         "it was revoked and a fresh one goes out as soon as Slack answers.",
         Event.REISSUED: ":arrows_counterclockwise: A fresh credential was issued for delivery.",
-        Event.REVIEW_OPENED: f":mag: A review of this access is owed{_by_reviewers(card)}"
-        f"{_due(card)}. Reviewers: click Review below, or see `/breakglass reviews`.",
-        Event.REVIEW_REMINDED: f":warning: *Review overdue*{_due(card, 'was due')}"
-        f"{_by_reviewers(card, 'waiting for')}. Reviewers: click Review below.",
+        Event.REVIEW_OPENED: f":mag: A review of this access is owed{_due(card)}. "
+        + _reviewers(card, "click Review below, or see `/breakglass reviews`."),
+        Event.REVIEW_REMINDED: f":warning: *Review overdue*{_due(card, 'was due')}. "
+        + _reviewers(card, "click Review below."),
         Event.REVIEW_CLOSED: f":clipboard: Reviewed by {who}: {_outcome(card)}" + _quote(note),
     }
     return lines[event]
 
 
-def _by_reviewers(card: Card, words: str = "from") -> str:
+def _reviewers(card: Card, ask: str) -> str:
+    """Who may close the review, mentioned (the reply pings them), and what to do."""
     if not card.reviewers:
-        return " (the policy names no reviewer: add `reviewers:` to the resource)"
+        return (
+            "Nobody can: the policy names no reviewer of this resource other than the "
+            "requester; give it `reviewers:`."
+        )
     named = " ".join(mention(u) for u in card.reviewers[:20])
     more = len(card.reviewers) - 20
-    return f" {words} " + named + (f" and {more} more" if more > 0 else "")
+    return "Reviewers " + named + (f" and {more} more" if more > 0 else "") + ": " + ask
 
 
 def _due(card: Card, words: str = "due") -> str:
-    return f", {words} {slack_date(card.review.due_at)}" if card.review else ""
+    return f" ({words} {slack_date(card.review.due_at)})" if card.review else ""
 
 
 def _quote(note: str) -> str:
