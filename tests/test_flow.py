@@ -546,6 +546,7 @@ def test_request_without_decision_times_out(bot, slack, clock):
         "expired": 0,
         "timed_out": 0,
         "interrupted": 0,
+        "reminded": 0,
         "failed": 0,
     }
     clock.advance(timedelta(minutes=30))

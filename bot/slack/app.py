@@ -17,6 +17,7 @@ from bot.slack import errors
 from bot.slack.approval import handlers as approval
 from bot.slack.credential import handlers as credential
 from bot.slack.request import handlers as request_handlers
+from bot.slack.review import handlers as review
 from bot.usecases import Breakglass
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def register_listeners(app: App, service: Breakglass) -> None:
     request_handlers.register(app, service)
     approval.register(app, service)
     credential.register(app, service)
+    review.register(app, service)
 
 
 def create_app(

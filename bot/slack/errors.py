@@ -11,7 +11,9 @@ from slack_bolt import App, BoltResponse, Respond
 from slack_sdk import WebClient
 
 from bot.domain.forms import BadInput, parse_request_id
+from bot.domain.reviews import AlreadyReviewed, Outcome
 from bot.domain.workflow import Refused
+from bot.slack.format import mention
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,17 @@ def _subject(body: dict[str, Any]) -> str:
     return str(body.get("command") or body.get("type") or "a request")[:80]
 
 
+def refusal_text(error: Refused) -> str:
+    """A refusal in the person's words, with people as mentions (the domain names them by id)."""
+    if isinstance(error, AlreadyReviewed):
+        outcome = error.outcome
+        label = Outcome(outcome).label.lower() if outcome in set(Outcome) else outcome
+        text = f"already reviewed by {mention(error.reviewer)}: {label}"
+    else:
+        text = str(error)
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
 def tell(client: WebClient, respond: Respond | None, body: dict[str, Any], text: str) -> None:
     """Say `text` privately to whoever sent `body` (already verified: Bolt only hands over
     signed requests, and Socket Mode messages come over the app's own connection)."""
@@ -84,9 +97,7 @@ def register(app: App, client: WebClient) -> None:
             rid = _clicked_id(body)
             on = f" on request {rid}" if rid else ""
             log.info("refused %s%s by %s: %s", _subject(body), on, _who(body), error)
-            text = str(error)
-            message = text if text.endswith((".", "?", "!")) else text + "."
-            message = _prefix(body, rid) + message
+            message = _prefix(body, rid) + refusal_text(error)
         else:
             ref = secrets.token_hex(4)
             log.error("unhandled error in a Slack listener (ref %s)", ref, exc_info=error)

@@ -7,6 +7,7 @@ class ViewId(StrEnum):
     REQUEST = "breakglass.request.submit"
     DENY = "breakglass.deny.submit"
     REVEAL = "breakglass.credential.view"
+    REVIEW = "breakglass.review.submit"
 
 
 class ActionId(StrEnum):
@@ -21,6 +22,10 @@ class ActionId(StrEnum):
     TICKET = "breakglass.request.ticket.value"
     EMERGENCY = "breakglass.request.emergency.value"
     DENY_REASON = "breakglass.deny.reason.value"
+    REVIEW = "breakglass.review.open"
+    # inputs of the review modal
+    REVIEW_OUTCOME = "breakglass.review.outcome.value"
+    REVIEW_NOTES = "breakglass.review.notes.value"
 
 
 class BlockId(StrEnum):
@@ -33,6 +38,9 @@ class BlockId(StrEnum):
     DECISION = "breakglass.grant.decision"
     WRAPPED_TOKEN = "breakglass.credential.token"  # noqa: S105 (a block id, not a secret)
     CREDENTIAL_ACTIONS = "breakglass.credential.actions"
+    REVIEW_ACTIONS = "breakglass.review.actions"
+    REVIEW_OUTCOME = "breakglass.review.outcome"
+    REVIEW_NOTES = "breakglass.review.notes"
 
 
 # Form field name (service.check_form) -> the block that shows its error.
@@ -42,4 +50,10 @@ FIELD_BLOCKS = {
     "justification": BlockId.JUSTIFICATION,
     "ticket": BlockId.TICKET,
     "emergency": BlockId.EMERGENCY,
+}
+
+# Review form field name (bot.domain.reviews.check_review) -> the block that shows its error.
+REVIEW_FIELD_BLOCKS = {
+    "outcome": BlockId.REVIEW_OUTCOME,
+    "notes": BlockId.REVIEW_NOTES,
 }

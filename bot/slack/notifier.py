@@ -9,6 +9,7 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import SectionBlock
 from sqlalchemy import update
 
 from bot.domain.durations import format_duration
@@ -17,7 +18,8 @@ from bot.domain.workflow import Event
 from bot.slack.approval import blocks as approval
 from bot.slack.client import retry_after
 from bot.slack.credential import blocks as credential
-from bot.slack.format import escape, mention, slack_date
+from bot.slack.format import SECTION_LIMIT, escape, mention, slack_date
+from bot.slack.review.blocks import review_button
 from bot.store import AccessRequest, OutboxEntry
 from bot.usecases.core import Core
 from bot.usecases.effects import Handler, Impossible, Later
@@ -62,6 +64,13 @@ def notice_text(notice: Notice) -> str:
         return (
             f"Your credential for access #{rid} to {resource} could not be shown to you, so it "
             "was revoked; a fresh one follows in a new message."
+        )
+    if kind == NoticeKind.REVIEW_OVERDUE:
+        due = datetime.fromisoformat(f["due_at"])
+        return (
+            f"Review overdue: access #{rid} to {resource} by {mention(f['requester'])} ended, and "
+            f"its review was due {slack_date(due)}. You are one of its reviewers: click Review, "
+            "or see `/breakglass reviews`."
         )
     if kind == NoticeKind.EMERGENCY_ACCESS:
         return "Emergency access: granted without approval"
@@ -215,7 +224,15 @@ class SlackNotifier:
 
     def dm(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
         notice = Notice.from_json(payload["notice"])
-        self._call("chat_postMessage", channel=payload["user"], text=notice_text(notice))
+        text = notice_text(notice)
+        extra: dict[str, Any] = {}
+        if notice.kind == NoticeKind.REVIEW_OVERDUE and notice.request_id:
+            # The reminder carries the button: a reviewer acts from where they read it.
+            extra["blocks"] = [
+                SectionBlock(text=text[:SECTION_LIMIT]).to_dict(),
+                review_button(notice.request_id).to_dict(),
+            ]
+        self._call("chat_postMessage", channel=payload["user"], text=text, **extra)
 
     def credential(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
         assert entry.request_id is not None

@@ -1,4 +1,4 @@
-"""The use cases, per subject, behind ports: requests, grants, deadlines."""
+"""The use cases, per subject, behind ports: requests, grants, reviews, deadlines."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from bot.usecases.effects import Effects, OutboxWorker
 from bot.usecases.grants import Grants
 from bot.usecases.ports import Card, Clock, Courier, NoTimers, Timers, utcnow
 from bot.usecases.requests import Requests
+from bot.usecases.reviews import Reviews
 from providers import VaultBackend
 
 __all__ = ["SYSTEM", "Breakglass", "Card", "Core", "Courier", "NotFound", "Timers"]
@@ -29,9 +30,10 @@ class Breakglass:
         clock: Clock = utcnow,
     ):
         self.core = Core(store, policy, backend, Effects(), timers or NoTimers(), clock)
-        self.grants = Grants(self.core, courier)
+        self.reviews = Reviews(self.core)
+        self.grants = Grants(self.core, courier, self.reviews)
         self.requests = Requests(self.core, self.grants)
-        self.deadlines = Deadlines(self.core, self.requests, self.grants)
+        self.deadlines = Deadlines(self.core, self.requests, self.grants, self.reviews)
         self.outbox: OutboxWorker | None = None
 
     def attach_outbox(self, worker: OutboxWorker) -> None:

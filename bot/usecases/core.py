@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 
 from bot.domain.workflow import Event, Refused, State, transition
 from bot.policy import Policy, Resource
-from bot.store import AccessRequest, AuditEvent, Decision, Grant, Store, audit
+from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, Store, audit
 from bot.usecases.effects import Effects
 from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
 from providers import VaultBackend
@@ -58,6 +58,7 @@ class Core:
         ).all()
         denial = next((d for d in decisions if d.outcome == "deny"), None)
         grant = session.exec(select(Grant).where(Grant.request_id == request_id)).first()
+        review = session.exec(select(Review).where(Review.request_id == request_id)).first()
         resource = self.policy.resources.get(req.resource)
         if resource is None:  # removed from the policy since; show what we can
             resource = Resource(provider="unknown", approvers=["-"], description="(removed)")
@@ -69,6 +70,8 @@ class Core:
             denied_by=denial.approver if denial else None,
             deny_reason=denial.reason if denial else None,
             grant=grant,
+            review=review,
+            reviewers=sorted(self.policy.reviewer_ids(req.resource) - {req.requester}),
             event=None if seq is None else session.get(AuditEvent, seq),
         )
 

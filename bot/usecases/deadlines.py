@@ -17,6 +17,8 @@ from bot.usecases.core import Core
 from bot.usecases.grants import Grants
 from bot.usecases.ports import utcnow
 from bot.usecases.requests import Requests
+from bot.usecases.reviews import DEADLINE as REVIEW_DUE
+from bot.usecases.reviews import Reviews
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class DeadlineKind:
 
 
 class Deadlines:
-    def __init__(self, core: Core, requests: Requests, grants: Grants):
+    def __init__(self, core: Core, requests: Requests, grants: Grants, reviews: Reviews):
         self.core = core
         self.kinds: dict[str, DeadlineKind] = {
             k.name: k
@@ -58,6 +60,8 @@ class Deadlines:
                 DeadlineKind(
                     "revocation", "revoked", self._revocations, grants.try_revoke, wall_clock=True
                 ),
+                # Open reviews not yet reminded: reminded once at their due time.
+                DeadlineKind(REVIEW_DUE, "reminded", self._reviews, reviews.remind),
             )
         }
         self.grants = grants
@@ -100,6 +104,10 @@ class Deadlines:
             )
         )
         yield from rows
+
+    @staticmethod
+    def _reviews(s: Session) -> Iterator[tuple[int, datetime]]:
+        yield from Reviews.due(s)
 
     def _interrupted(self, request_id: int) -> bool:
         return self.grants.fail_issue(

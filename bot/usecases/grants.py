@@ -24,6 +24,7 @@ from bot.usecases.batch import Combined
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.effects import Later
 from bot.usecases.ports import Courier, utcnow
+from bot.usecases.reviews import Reviews
 from providers import (
     GrantSpec,
     IssuedCredential,
@@ -50,9 +51,11 @@ DELIVERY_CHECK_AFTER = timedelta(minutes=1)
 
 
 class Grants:
-    def __init__(self, core: Core, courier: Courier | None = None):
+    def __init__(self, core: Core, courier: Courier | None = None, reviews: Reviews | None = None):
         self.core = core
         self.courier = courier
+        # An end that owes a review owes it in the transaction that records the end.
+        self.reviews = reviews or Reviews(core)
         self._expiring = Combined(self.expire_many)
         # Revocations that come due together go to Vault together.
         self._pool = ThreadPoolExecutor(REVOKE_THREADS, "revoke")
@@ -557,14 +560,16 @@ class Grants:
         return {r.id for r, _ in done}, swapped
 
     def _ended(self, s: Session, ending: list[tuple[AccessRequest, Grant]]) -> None:
-        """The requests whose end Vault confirmed: revoked or expired, as recorded."""
+        """The requests whose end Vault confirmed: revoked or expired, as recorded; and the
+        reviews their ends owe."""
         core = self.core
+        ended: list[AccessRequest] = []
         groups: dict[tuple[Event, str], list[tuple[AccessRequest, Grant]]] = {}
         for req, grant in ending:
             how = Event(grant.end_reason or Event.REVOKED.value)
             groups.setdefault((how, grant.ended_by or SYSTEM), []).append((req, grant))
         for (event, actor), group in groups.items():
-            core.move_many(
+            ended += core.move_many(
                 s,
                 [r for r, _ in group],
                 event,
@@ -584,6 +589,7 @@ class Grants:
                     ),
                 )
                 log.info("request %s: %s; Vault confirmed the revocation", req.id, event.value)
+        self.reviews.owe(s, ended)
 
     def _revoke_failed(self, request_id: int, error: str) -> None:
         core = self.core

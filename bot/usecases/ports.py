@@ -10,7 +10,7 @@ from typing import Protocol
 
 from bot.domain.workflow import State
 from bot.policy import Resource
-from bot.store import AccessRequest, AuditEvent, Grant
+from bot.store import AccessRequest, AuditEvent, Grant, Review
 
 Clock = Callable[[], datetime]
 
@@ -30,6 +30,9 @@ class Card:
     denied_by: str | None = None
     deny_reason: str | None = None
     grant: Grant | None = None
+    # The post-incident review, once one is owed; who may close it.
+    review: Review | None = None
+    reviewers: list[str] = field(default_factory=list)
     # The audit event a message is about: its sequence and hash go into the thread, so Slack
     # witnesses the chain (a rewritten database no longer matches what the thread shows).
     event: AuditEvent | None = None

@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 from bot.domain.anomalies import RATE_BASELINE, RATE_WINDOW, Flag, Past, flags_for
 from bot.domain.forms import RequestForm, check_form, check_reason
 from bot.domain.notices import Notice, NoticeKind
+from bot.domain.reviews import review_owed
 from bot.domain.windows import place
 from bot.domain.workflow import (
     Event,
@@ -119,7 +120,12 @@ class Requests:
                 justification=valid.justification,
                 ticket=valid.ticket,
                 emergency=valid.emergency,
-                review_required=valid.emergency,
+                # The rule in force when access was asked for: owed a review once it ends.
+                review_required=review_owed(
+                    emergency=valid.emergency,
+                    review_required=False,
+                    resource=core.policy.resources[valid.resource],
+                ),
                 state=State.PENDING.value,
                 created_at=now,
                 updated_at=now,

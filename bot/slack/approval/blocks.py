@@ -19,6 +19,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from bot.domain.durations import format_duration
+from bot.domain.reviews import Outcome
 from bot.domain.workflow import Event, State, describe_state
 from bot.slack.format import (
     SECTION_LIMIT,
@@ -29,6 +30,7 @@ from bot.slack.format import (
     slack_date,
 )
 from bot.slack.ids import ActionId, BlockId, ViewId
+from bot.slack.review.blocks import review_button, review_state
 from bot.usecases.ports import Card
 
 STATE_BADGE = {
@@ -118,8 +120,9 @@ def status_line(card: Card) -> str:
         )
     if card.grant and card.grant.ended_at:
         parts.append(f"ended {slack_date(card.grant.ended_at)}")
-    if req.emergency:
-        parts.append("*review required*")
+    review = review_state(card)
+    if review:
+        parts.append(review)
     return " · ".join(parts)
 
 
@@ -197,8 +200,43 @@ def event_text(card: Card, event: Event, actor: str, note: str = "") -> str:
         Event.DELIVERY_FAILED: f":warning: The credential could not be delivered ({escape(note)}); "
         "it was revoked and a fresh one goes out as soon as Slack answers.",
         Event.REISSUED: ":arrows_counterclockwise: A fresh credential was issued for delivery.",
+        Event.REVIEW_OPENED: f":mag: A review of this access is owed{_due(card)}. "
+        + _reviewers(card, "click Review below, or see `/breakglass reviews`."),
+        Event.REVIEW_REMINDED: f":warning: *Review overdue*{_due(card, 'was due')}. "
+        + _reviewers(card, "click Review below."),
+        Event.REVIEW_CLOSED: f":clipboard: Reviewed by {who}: {_outcome(card)}" + _quote(note),
     }
     return lines[event]
+
+
+def _reviewers(card: Card, ask: str) -> str:
+    """Who may close the review, mentioned (the reply pings them), and what to do."""
+    if not card.reviewers:
+        return (
+            "Nobody can: the policy names no reviewer of this resource other than the "
+            "requester; give it `reviewers:`."
+        )
+    named = " ".join(mention(u) for u in card.reviewers[:20])
+    more = len(card.reviewers) - 20
+    return "Reviewers " + named + (f" and {more} more" if more > 0 else "") + ": " + ask
+
+
+def _due(card: Card, words: str = "due") -> str:
+    return f" ({words} {slack_date(card.review.due_at)})" if card.review else ""
+
+
+def _quote(note: str) -> str:
+    """Free text as a block quote under the line (every line quoted)."""
+    if not note:
+        return ""
+    return "\n" + "\n".join(f">{line}" for line in escape_clip(note, 2000).splitlines())
+
+
+def _outcome(card: Card) -> str:
+    outcome = card.review.outcome if card.review else None
+    if outcome in set(Outcome):
+        return f"*{Outcome(outcome).label.lower()}*"
+    return escape(outcome or "closed")
 
 
 def thread_reply(
@@ -207,6 +245,8 @@ def thread_reply(
     """A reply in the request's thread: the event, and the audit event it was recorded as."""
     text = event_text(card, event, actor, note)
     body: list[Any] = [SectionBlock(text=text[:SECTION_LIMIT])]
+    if event in (Event.REVIEW_OPENED, Event.REVIEW_REMINDED):
+        body.append(review_button(card.request.id))
     if card.event is not None:
         body.append(
             ContextBlock(

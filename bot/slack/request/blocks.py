@@ -154,8 +154,10 @@ def help_text(policy: Policy) -> str:
         "`/breakglass`: ask for emergency access (opens a form)\n"
         "`/breakglass revoke <id>`: end an active access now\n"
         "`/breakglass cancel <id>`: withdraw your request while it waits for approval\n"
+        "`/breakglass reviews`: the post-incident reviews you can do, overdue ones first\n"
         "`/breakglass help`: this message\n\n"
         f"Resources:\n{resources}\n\n"
         "Approvers decide in the security channel; the credential comes to you privately "
-        "and is revoked on time. Every step is recorded."
+        "and is revoked on time. Every step is recorded; emergency access is reviewed "
+        "afterwards."
     )

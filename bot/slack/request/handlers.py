@@ -1,4 +1,4 @@
-"""Asking: the /breakglass command (form, help, revoke, cancel) and the request modal."""
+"""Asking: the /breakglass command (form, help, revoke, cancel, reviews) and the request modal."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from bot.domain.forms import BadInput, RequestForm, parse_request_id
 from bot.slack.format import escape
 from bot.slack.ids import FIELD_BLOCKS, ViewId
 from bot.slack.request import blocks
+from bot.slack.review import blocks as review_blocks
 from bot.usecases import Breakglass
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ def register(app: App, service: Breakglass) -> None:
             finished = act(request_id, user)
             said = pending if finished is False else done
             respond(text=f"Request #{request_id} {said}.", response_type="ephemeral")
+        elif verb == "reviews":
+            text, body = review_blocks.review_list(service.reviews.listing(user))
+            ack(text=text, blocks=body)
         elif verb == "help":
             ack(blocks.help_text(service.policy))
         else:

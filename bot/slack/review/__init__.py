@@ -1,0 +1,1 @@
+"""Reviewing: the Review button, the review modal, `/breakglass reviews`."""
