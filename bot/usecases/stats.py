@@ -140,9 +140,12 @@ class Report:
 
 def seconds_between(later: Any, earlier: Any, dialect: str) -> ColumnElement[float]:
     """later - earlier in seconds, computed by the database. SQLite keeps UTC timestamps as
-    text, which julianday() reads (to about 0.1 ms); PostgreSQL subtracts timestamptz."""
+    text, which julianday() reads as a fraction of days (exact to about 50 µs): rounded to the
+    millisecond, so 120 s is 120.0 and not 120.00001 (one bucket too far in a histogram).
+    PostgreSQL subtracts timestamptz exactly."""
     if dialect == "sqlite":
-        return (sa.func.julianday(later) - sa.func.julianday(earlier)) * 86400.0
+        days = sa.func.julianday(later) - sa.func.julianday(earlier)
+        return sa.func.round(days * 86400.0, 3)
     return sa.func.extract("epoch", later - earlier)
 
 
