@@ -31,6 +31,8 @@ differences); every count, minimum and maximum is an SQL aggregate.
 
 from __future__ import annotations
 
+import bisect
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -368,25 +370,19 @@ class Stats:
     def histogram(
         self, c: sa.Connection, what: str, bounds: Sequence[float]
     ) -> tuple[list[int], float, int]:
-        """(cumulative counts at each bound, sum, count) of `what` over all time, counted by
-        the database: "approve" (decided_at - created_at of requests people approved) or
-        "lateness" (ended_at - expires_at of grants that expired)."""
+        """(cumulative counts at each bound, sum, count) of `what` over all time: "approve"
+        (decided_at - created_at of requests people approved) or "lateness" (ended_at -
+        expires_at of grants that expired). The database computes each value once; they are
+        counted into buckets here (a CASE per bucket would compute each value per bucket)."""
         if what == "approve":
-            value = seconds_between(_R.c.decided_at, _R.c.created_at, self.dialect)
-            source: Any = _R
-            conds = [
-                _R.c.emergency == sa.false(),
-                _R.c.decided_at.is_not(None),
-                _R.c.state.in_([str(s) for s in APPROVED_BY_PEOPLE]),
-            ]
+            values = [v for _, v in self.approve_seconds(c, None)]
         else:
-            value = seconds_between(_G.c.ended_at, _G.c.expires_at, self.dialect)
-            source = _G
-            conds = [_G.c.end_reason == "expired", _G.c.ended_at.is_not(None)]
-        below = [sa.func.sum(sa.case((value <= b, 1), else_=0)) for b in bounds]
-        q = sa.select(*below, sa.func.sum(value), sa.func.count()).select_from(source).where(*conds)
-        row = c.execute(q).one()
-        return [int(v or 0) for v in row[: len(bounds)]], float(row[-2] or 0.0), int(row[-1])
+            late = seconds_between(_G.c.ended_at, _G.c.expires_at, self.dialect)
+            q = sa.select(late).where(_G.c.end_reason == "expired", _G.c.ended_at.is_not(None))
+            values = [float(v) for (v,) in c.execute(q)]
+        values.sort()
+        below = [bisect.bisect_right(values, b) for b in bounds]
+        return below, math.fsum(values), len(values)
 
 
 def _fill_events(m: Metrics, row: Any) -> None:
