@@ -1,4 +1,4 @@
-"""The `breakglass` command: serve, check-config, migrate, audit verify/export, demo."""
+"""The `breakglass` command: serve, check-config, migrate, audit verify/export, stats, demo."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -88,6 +89,97 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
+    return 0
+
+
+def _figure(value: object, seconds: bool = False) -> str:
+    from datetime import timedelta
+
+    from bot.domain.durations import format_duration
+
+    if value is None:
+        return "-"
+    if seconds and isinstance(value, int | float):
+        return format_duration(timedelta(seconds=round(value)))
+    if isinstance(value, float):
+        return f"{value:.0%}"
+    return str(value)
+
+
+def _stats_table(report: Any) -> str:
+    """The report as a plain-text table: one column per resource, overall first."""
+    rows: list[tuple[str, str, bool]] = [
+        ("events (grants made)", "events", False),
+        ("requests", "requests", False),
+        *[(f"  {o.replace('_', ' ')}", o, False) for o in report.overall.outcomes],
+        ("mean time between events", "mean_time_between_events_seconds", True),
+        ("outside maintenance windows", "outside_window_share", False),
+        ("unique users", "unique_users", False),
+        ("median time to approve", "median_time_to_approve_seconds", True),
+        ("median session", "median_session_seconds", True),
+        ("reviews open (now)", "reviews_open", False),
+        ("reviews overdue (now)", "reviews_overdue", False),
+        *[
+            (f"  reviewed {o.replace('_', ' ')}", f"review:{o}", False)
+            for o in report.overall.review_outcomes
+        ],
+    ]
+    columns = [("overall", report.overall), *sorted(report.resources.items())]
+
+    def cell(m: Any, key: str, seconds: bool) -> str:
+        if key.startswith("review:"):
+            return _figure(m.review_outcomes.get(key[7:], 0))
+        if key in m.outcomes:
+            return _figure(m.outcomes[key])
+        return _figure(getattr(m, key), seconds)
+
+    table = [["", *[name for name, _ in columns]]]
+    table += [[label, *[cell(m, key, sec) for _, m in columns]] for label, key, sec in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    start = report.period.start.isoformat(timespec="seconds")
+    end = report.period.end.isoformat(timespec="seconds")
+    lines = [f"break-glass metrics from {start} to {end} (end excluded)", ""]
+    for r in table:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            ).rstrip()
+        )
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.domain.periods import PeriodError, parse_period
+    from bot.store import Store, create_db_engine
+    from bot.usecases.ports import utcnow
+    from bot.usecases.stats import Stats
+
+    try:
+        period = parse_period(args.since, args.until, utcnow(), default="30d")
+    except PeriodError as exc:
+        print(f"breakglass stats: {exc}", file=sys.stderr)
+        return 2
+    engine = create_db_engine(_settings().database_url)
+    try:
+        report = Stats(Store(engine)).report(period, resource=args.resource)
+    except SQLAlchemyError as exc:
+        # One line, no URL and no driver message: either may carry the password.
+        kind = type(getattr(exc, "orig", None) or exc).__name__
+        print(
+            f"breakglass stats: cannot read the database ({kind}); check DATABASE_URL, and "
+            "run `breakglass migrate` if the bot never started on it",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(_stats_table(report))
     return 0
 
 
@@ -191,6 +283,19 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--request", type=int, help="only this request's events")
     e.add_argument("-o", "--output", help="file to write (default stdout)")
     e.set_defaults(func=cmd_audit_export)
+
+    st = sub.add_parser(
+        "stats",
+        help="break-glass metrics per resource and overall over a period",
+        description="Break-glass metrics per resource and overall, from the database "
+        "(DATABASE_URL). Times: a duration ago (30d, 12h) or an ISO date or datetime (UTC "
+        "unless it says otherwise).",
+    )
+    st.add_argument("--since", default="30d", help="start of the period (default 30d ago)")
+    st.add_argument("--until", help="end of the period, excluded (default now)")
+    st.add_argument("--resource", help="only this resource")
+    st.add_argument("--json", action="store_true", help="print JSON (a stable contract)")
+    st.set_defaults(func=cmd_stats)
 
     d = sub.add_parser("demo", help="play the whole flow on embedded OpenBao and PostgreSQL")
     d.set_defaults(func=cmd_demo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from flask import Flask
 from slack_bolt import App
 from slack_sdk import WebClient
 
-from bot import migrate
+from bot import metrics, migrate
 from bot.policy import Policy, load_policy
 from bot.scheduler import Scheduler
 from bot.settings import Settings
@@ -187,5 +188,6 @@ def build(
         signing_secret=secret.get_secret_value() if secret else None,
         live=runtime.live,
         ready=runtime.ready,
+        metrics=functools.partial(metrics.exposition, metrics.registry_for(service.stats)),
     )
     return runtime

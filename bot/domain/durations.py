@@ -18,8 +18,9 @@ class DurationError(ValueError):
     """A duration that cannot be read; the message says what is accepted."""
 
 
-def parse_duration(text: str | int | timedelta) -> timedelta:
-    """Read "45s", "30m", "2h", "1d" or combinations like "1h30m"; a bare number is minutes."""
+def parse_duration(text: str | int | timedelta, *, longest: timedelta = LONGEST) -> timedelta:
+    """Read "45s", "30m", "2h", "1d" or combinations like "1h30m"; a bare number is minutes.
+    `longest` bounds it: a grant's default; a reporting period may look further back."""
     if isinstance(text, timedelta):
         return text
     if isinstance(text, int) and not isinstance(text, bool):
@@ -34,8 +35,8 @@ def parse_duration(text: str | int | timedelta) -> timedelta:
             seconds = sum(int(n) * _UNITS[u.lower()] for n, u in _PART.findall(raw))
         else:
             raise DurationError(f"{str(text)!r} is not a duration; write it like 30m, 1h or 1h30m")
-    if seconds > LONGEST.total_seconds():
-        raise DurationError(f"{str(text)!r} is longer than {LONGEST.days} days")
+    if seconds > longest.total_seconds():
+        raise DurationError(f"{str(text)!r} is longer than {longest.days} days")
     value = timedelta(seconds=seconds)
     if value <= timedelta(0):
         raise DurationError("a duration must be longer than zero")

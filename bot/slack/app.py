@@ -1,4 +1,5 @@
-"""The Bolt app factory and the WSGI app that serves it (POST /slack/events, GET /healthz)."""
+"""The Bolt app factory and the WSGI app that serves it (POST /slack/events, GET /healthz,
+/readyz and /metrics)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
 from slack_bolt.adapter.flask import SlackRequestHandler
 from slack_bolt.request.internals import parse_body
@@ -87,6 +89,7 @@ def create_web_app(
     signing_secret: str | None,
     live: Callable[[], dict],
     ready: Callable[[], dict],
+    metrics: Callable[[], bytes] | None = None,
 ) -> Flask:
     web = Flask("breakglass")
     web.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -113,5 +116,18 @@ def create_web_app(
     def readyz():  # type: ignore[no-untyped-def]
         status = ready()
         return jsonify(status), (200 if status.get("ok") else 503)
+
+    @web.get("/metrics")
+    def prometheus_metrics():  # type: ignore[no-untyped-def]
+        """Prometheus text. Not a Slack request: no signature; it holds counts, no secret."""
+        if metrics is None:
+            return jsonify(error="no metrics in this process"), 404
+        try:
+            body = metrics()
+        except Exception:
+            # Computed from the database at scrape time: a failed scrape says so, briefly.
+            log.exception("could not compute /metrics")
+            return Response("metrics unavailable: see the bot's log\n", 503, mimetype="text/plain")
+        return Response(body, 200, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return web

@@ -72,7 +72,7 @@ class AccessRequest(SQLModel, table=True):
     emergency: bool = False
     review_required: bool = False
     state: str = Field(max_length=16, index=True)
-    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     decided_at: datetime | None = _ts()
     timeout_at: datetime | None = _ts()
@@ -118,7 +118,7 @@ class Grant(SQLModel, table=True):
     # The requester's credential message, updated once the token is spent or the grant ends.
     dm_channel: str | None = Field(default=None, max_length=32)
     dm_ts: str | None = Field(default=None, max_length=32)
-    issued_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    issued_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     delivered_at: datetime | None = _ts()
     reveal_claimed_at: datetime | None = _ts()

@@ -1,4 +1,4 @@
-"""The use cases, per subject, behind ports: requests, grants, reviews, deadlines."""
+"""The use cases, per subject, behind ports: requests, grants, reviews, deadlines, stats."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from bot.usecases.grants import Grants
 from bot.usecases.ports import Card, Clock, Courier, NoTimers, Timers, utcnow
 from bot.usecases.requests import Requests
 from bot.usecases.reviews import Reviews
+from bot.usecases.stats import Stats
 from providers import VaultBackend
 
 __all__ = ["SYSTEM", "Breakglass", "Card", "Core", "Courier", "NotFound", "Timers"]
@@ -34,6 +35,7 @@ class Breakglass:
         self.grants = Grants(self.core, courier, self.reviews)
         self.requests = Requests(self.core, self.grants)
         self.deadlines = Deadlines(self.core, self.requests, self.grants, self.reviews)
+        self.stats = Stats(store, clock, policy)
         self.outbox: OutboxWorker | None = None
 
     def attach_outbox(self, worker: OutboxWorker) -> None:

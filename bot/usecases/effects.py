@@ -17,6 +17,7 @@ from bot.domain.notices import Notice
 from bot.domain.workflow import Event
 from bot.store import OutboxEntry, Store, outbox
 from bot.usecases.ports import Clock, utcnow
+from bot.usecases.stats import SLACK_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class OutboxWorker:
                 raise Impossible(f"no handler for {entry.kind!r}")
             handler(entry, outbox.payload(entry))
         except Impossible as exc:
+            SLACK_ERRORS.labels(entry.kind).inc()
             log.error(
                 "gave up %s for request %s after %s attempt(s): %s",
                 entry.kind,
@@ -198,6 +200,7 @@ class OutboxWorker:
             outbox.give_up(self.store, entry, self.clock(), str(exc))
             return 0
         except Exception as exc:
+            SLACK_ERRORS.labels(entry.kind).inc()
             reason = str(exc) if isinstance(exc, Later) else _reason(exc)
             after = exc.after if isinstance(exc, Later) else None
             when = outbox.retry(self.store, entry, self.clock(), reason, after=after)

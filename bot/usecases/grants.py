@@ -25,6 +25,7 @@ from bot.usecases.core import SYSTEM, Core
 from bot.usecases.effects import Later
 from bot.usecases.ports import Courier, utcnow
 from bot.usecases.reviews import Reviews
+from bot.usecases.stats import VAULT_ERRORS
 from providers import (
     GrantSpec,
     IssuedCredential,
@@ -525,6 +526,7 @@ class Grants:
             # same for all and needs nothing from the policy (the resource may be gone since).
             self.core.backend.revoke(grant.token_accessor, grant.lease_id)
         except ProviderError as exc:
+            VAULT_ERRORS.labels("revoke").inc()
             return str(exc)
         return None
 
@@ -708,6 +710,7 @@ def _ended_details(grant: Grant) -> dict[str, Any]:
 
 def _why(exc: Exception, request_id: int) -> str:
     if isinstance(exc, ProviderError):
+        VAULT_ERRORS.labels("issue").inc()
         log.warning("issuing request %s failed: %s", request_id, exc)
         return str(exc)
     log.error("issuing request %s failed", request_id, exc_info=exc)

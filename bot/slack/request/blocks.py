@@ -155,6 +155,8 @@ def help_text(policy: Policy) -> str:
         "`/breakglass revoke <id>`: end an active access now\n"
         "`/breakglass cancel <id>`: withdraw your request while it waits for approval\n"
         "`/breakglass reviews`: the post-incident reviews you can do, overdue ones first\n"
+        "`/breakglass stats [period]`: break-glass metrics, e.g. `/breakglass stats 7d` "
+        "(approvers and reviewers)\n"
         "`/breakglass help`: this message\n\n"
         f"Resources:\n{resources}\n\n"
         "Approvers decide in the security channel; the credential comes to you privately "

@@ -1,4 +1,5 @@
-"""Asking: the /breakglass command (form, help, revoke, cancel, reviews) and the request modal."""
+"""Asking: the /breakglass command (form, help, revoke, cancel, reviews, stats) and the request
+modal."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from bot.domain.forms import BadInput, RequestForm, parse_request_id
+from bot.domain.periods import PeriodError, parse_period
 from bot.slack.format import escape
 from bot.slack.ids import FIELD_BLOCKS, ViewId
 from bot.slack.request import blocks
 from bot.slack.review import blocks as review_blocks
+from bot.slack.stats import stats_text
 from bot.usecases import Breakglass
+from bot.usecases.stats import NOT_FOR_YOU
 
 log = logging.getLogger(__name__)
 
 VERBS = ("revoke", "cancel")
+STATS_PERIOD = "30d"  # `/breakglass stats` alone: the last 30 days, as `breakglass stats`
 
 
 def register(app: App, service: Breakglass) -> None:
@@ -76,6 +81,26 @@ def register(app: App, service: Breakglass) -> None:
         elif verb == "reviews":
             text, body = review_blocks.review_list(service.reviews.listing(user))
             ack(text=text, blocks=body)
+        elif verb == "stats":
+            if not service.stats.may_see(user):
+                ack(NOT_FOR_YOU[0].upper() + NOT_FOR_YOU[1:] + ".")
+                return
+            try:
+                if len(words) > 2:
+                    raise PeriodError("one period, please")
+                now = service.core.clock()
+                period = parse_period(
+                    words[1] if len(words) == 2 else None, None, now, STATS_PERIOD
+                )
+            except PeriodError as exc:
+                ack(
+                    f"{escape(str(exc))}. Usage: `/breakglass stats [period]`, e.g. "
+                    "`/breakglass stats 7d` or `/breakglass stats 2024-03-01`."
+                )
+                return
+            ack()  # the database comes after the ack
+            text = stats_text(service.stats.seen_by(user, period))
+            respond(text=text, response_type="ephemeral")
         elif verb == "help":
             ack(blocks.help_text(service.policy))
         else:
