@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -183,6 +184,55 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_digest(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.chart import draw_events_chart
+    from bot.domain.periods import PeriodError, parse_bound
+    from bot.domain.windows import check_timezone
+    from bot.slack.digest import digest_text
+    from bot.store import Store, create_db_engine
+    from bot.usecases.digest import build_digest
+    from bot.usecases.ports import utcnow
+    from bot.usecases.stats import Stats
+
+    now = utcnow()
+    try:
+        end = parse_bound(args.until, now) if args.until else now
+        check_timezone(args.timezone)
+    except (PeriodError, ValueError) as exc:
+        print(f"breakglass digest: {exc}", file=sys.stderr)
+        return 2
+    engine = create_db_engine(_settings().database_url)
+    try:
+        digest = build_digest(Stats(Store(engine)), end, args.timezone)
+    except SQLAlchemyError as exc:
+        kind = type(getattr(exc, "orig", None) or exc).__name__
+        print(
+            f"breakglass digest: cannot read the database ({kind}); check DATABASE_URL, and "
+            "run `breakglass migrate` if the bot never started on it",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        engine.dispose()
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"breakglass-digest-{end.date().isoformat()}"
+        text = out / f"{stem}.txt"
+        text.write_text(digest_text(digest) + "\n")
+        chart = draw_events_chart(
+            digest.days, digest.events_by_resource, digest.outside_by_day, out / f"{stem}.png"
+        )
+    except OSError as exc:
+        print(f"breakglass digest: cannot write to {out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"digest: {text}")
+    print(f"chart:  {chart}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from bot.policy import PolicyError, load_policy
     from bot.server import serve
@@ -296,6 +346,20 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--resource", help="only this resource")
     st.add_argument("--json", action="store_true", help="print JSON (a stable contract)")
     st.set_defaults(func=cmd_stats)
+
+    dg = sub.add_parser(
+        "digest",
+        help="render the weekly digest and its chart into a folder, without posting",
+        description="Render the weekly digest (the 7 days up to --until against the 7 before, "
+        "flagged requests, reviews, the audit chain) as text, and its chart as a PNG, into "
+        "--out. Reads DATABASE_URL.",
+    )
+    dg.add_argument("--out", required=True, help="the folder to write into (made if missing)")
+    dg.add_argument("--until", help="the end of the week: a duration ago (1d) or an ISO date")
+    dg.add_argument(
+        "--timezone", default="UTC", help="the time zone whose days the chart counts (UTC)"
+    )
+    dg.set_defaults(func=cmd_digest)
 
     d = sub.add_parser("demo", help="play the whole flow on embedded OpenBao and PostgreSQL")
     d.set_defaults(func=cmd_demo)

@@ -93,6 +93,15 @@ class MaintenanceWindow(BaseModel):
         )
 
 
+class DigestSchedule(BaseModel):
+    """When the weekly digest is posted to the security channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: Annotated[str, BeforeValidator(_cron)] = "0 9 * * MON"
+    timezone: Annotated[str, BeforeValidator(_zone)] = "UTC"
+
+
 class Policy(BaseModel):
     """The whole policy file."""
 
@@ -108,6 +117,8 @@ class Policy(BaseModel):
     # A review not done this long after it was owed is reminded once and marked overdue.
     review_due: Duration = timedelta(hours=48)
     maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
+    # The weekly digest in the security channel; absent: none is posted.
+    digest: DigestSchedule | None = None
 
     @property
     def windows(self) -> list[Window]:

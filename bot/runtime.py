@@ -167,7 +167,9 @@ def build(
     client = make_client(bot_token, settings.slack_base_url())
     scheduler = Scheduler(sweep_interval)
     service = Breakglass(store, policy, backend, timers=scheduler, clock=clock)
-    notifier = SlackNotifier(client, service.core, policy.security_channel, settings.vault_addr)
+    notifier = SlackNotifier(
+        client, service.core, policy.security_channel, settings.vault_addr, service.digests
+    )
     service.grants.courier = notifier
     # Tests drive the bot request by request and read Slack right after: the outbox is then
     # drained in the committing thread as well. In production a worker thread does it.

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from bot.domain.notices import Notice, NoticeKind
+from bot.domain.windows import cron_trigger
 from bot.usecases import Breakglass
 from providers.auth import VaultAuth
 
@@ -93,6 +95,24 @@ class Scheduler:
                 replace_existing=True,
                 misfire_grace_time=None,
             )
+
+        schedule = self.service.policy.digest
+        if schedule is not None:
+            self.scheduler.add_job(
+                self.owe_digest,
+                cron_trigger(schedule.cron, ZoneInfo(schedule.timezone)),
+                id="digest",
+                replace_existing=True,
+                # A digest missed while the bot was down is still owed (within an hour).
+                misfire_grace_time=3600,
+            )
+
+    def owe_digest(self) -> None:
+        """The digest's schedule fired: owe the digest of the week up to that moment."""
+        assert self.service is not None
+        due = self.service.digests.due(datetime.now(UTC))
+        if due is not None:
+            self.service.digests.owe(due)
 
     def _catch_up(self) -> None:
         assert self.service is not None

@@ -140,7 +140,7 @@ def test_manifest_is_valid_and_asks_only_for_what_the_bot_uses():
     schema = json.loads(SCHEMA.read_text())
     manifest = yaml.safe_load((ROOT / "manifest.yml").read_text())
     jsonschema.validate(manifest, schema)
-    assert manifest["oauth_config"]["scopes"]["bot"] == ["commands", "chat:write"]
+    assert manifest["oauth_config"]["scopes"]["bot"] == ["commands", "chat:write", "files:write"]
     assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/breakglass"]
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/events")

@@ -53,6 +53,7 @@ class Event(StrEnum):
     REVIEW_OPENED = "review_opened"
     REVIEW_REMINDED = "review_reminded"  # not done by its due time: reminded once, overdue
     REVIEW_CLOSED = "review_closed"
+    DIGEST = "digest"  # the weekly digest owed (its event anchors the chain in Slack)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ credentials, with the Web API: renders notices and cards; no mrkdwn is written e
 from __future__ import annotations
 
 import logging
+import tempfile
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from slack_sdk import WebClient
@@ -12,16 +14,19 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import SectionBlock
 from sqlalchemy import update
 
+from bot.chart import draw_events_chart
 from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
 from bot.domain.workflow import Event
 from bot.slack.approval import blocks as approval
 from bot.slack.client import retry_after
 from bot.slack.credential import blocks as credential
+from bot.slack.digest import digest_text
 from bot.slack.format import SECTION_LIMIT, escape, mention, slack_date
 from bot.slack.review.blocks import review_button
 from bot.store import AccessRequest, OutboxEntry
 from bot.usecases.core import Core
+from bot.usecases.digest import Digests
 from bot.usecases.effects import Handler, Impossible, Later
 from bot.usecases.ports import Card
 
@@ -126,8 +131,14 @@ class SlackNotifier:
     credential message (the one Slack call that carries a secret, so it is never queued)."""
 
     def __init__(
-        self, client: WebClient, core: Core, security_channel: str, vault_addr: str | None
+        self,
+        client: WebClient,
+        core: Core,
+        security_channel: str,
+        vault_addr: str | None,
+        digests: Digests | None = None,
     ):
+        self.digests = digests
         self.client = client
         self.core = core
         self.security_channel = security_channel
@@ -140,6 +151,7 @@ class SlackNotifier:
             "dm": self.dm,
             "alert": self.alert,
             "credential": self.credential,
+            "digest": self.digest,
         }
 
     def _call(self, method: str, **kwargs: Any) -> Any:
@@ -218,6 +230,32 @@ class SlackNotifier:
                 "chat_postMessage",
                 channel=self.security_channel,
                 text=f":rotating_light: <!here> {text}{where}",
+            )
+
+    def digest(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
+        """The weekly digest: its text, with the chart of events per day attached."""
+        if self.digests is None:
+            raise Impossible("this process makes no digests")
+        end = datetime.fromisoformat(payload["end"])
+        digest = self.digests.build(end)
+        text = digest_text(digest)
+        name = f"breakglass-digest-{end.date().isoformat()}.png"
+        with tempfile.TemporaryDirectory(prefix="breakglass-digest-") as tmp:
+            try:
+                chart = draw_events_chart(
+                    digest.days, digest.events_by_resource, digest.outside_by_day, Path(tmp) / name
+                )
+            except Exception:  # the figures still go out, without their picture
+                log.exception("the digest's chart could not be drawn; posting the text alone")
+                self._call("chat_postMessage", channel=self.security_channel, text=text)
+                return
+            self._call(
+                "files_upload_v2",
+                channel=self.security_channel,
+                file=str(chart),
+                filename=name,
+                title="Break-glass events per day",
+                initial_comment=text,
             )
 
     # ---- the requester ------------------------------------------------------------------

@@ -11,13 +11,13 @@ from bot.usecases.stats import Metrics, Report
 MAX_RESOURCES = 20  # a reply stays readable; the CLI and /metrics have them all
 
 
-def _time(seconds: float | None) -> str:
+def seconds_text(seconds: float | None) -> str:
     if seconds is None:
         return "n/a"
     return format_duration(timedelta(seconds=round(seconds)))
 
 
-def _share(value: float | None) -> str:
+def share_text(value: float | None) -> str:
     return "n/a (no window applies)" if value is None else f"{value:.0%}"
 
 
@@ -43,10 +43,10 @@ def metrics_lines(m: Metrics) -> list[str]:
     return [
         f"*{m.events}* grants made to {m.unique_users} people; {m.requests} requests"
         + (f" ({decided})" if decided else ""),
-        f"Between grants: {_time(m.mean_time_between_events_seconds)} on average · outside "
-        f"maintenance windows: {_share(m.outside_window_share)}",
-        f"Median time to approve: {_time(m.median_time_to_approve_seconds)} · median "
-        f"session: {_time(m.median_session_seconds)}",
+        f"Between grants: {seconds_text(m.mean_time_between_events_seconds)} on average · outside "
+        f"maintenance windows: {share_text(m.outside_window_share)}",
+        f"Median time to approve: {seconds_text(m.median_time_to_approve_seconds)} · median "
+        f"session: {seconds_text(m.median_session_seconds)}",
         f"Reviews open now: {m.reviews_open} ({m.reviews_overdue} overdue)"
         + (f" · reviewed in the period: {reviewed}" if reviewed else ""),
     ]

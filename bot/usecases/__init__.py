@@ -6,6 +6,7 @@ from bot.policy import Policy
 from bot.store import Store
 from bot.usecases.core import SYSTEM, Core, NotFound
 from bot.usecases.deadlines import Deadlines
+from bot.usecases.digest import Digests
 from bot.usecases.effects import Effects, OutboxWorker
 from bot.usecases.grants import Grants
 from bot.usecases.ports import Card, Clock, Courier, NoTimers, Timers, utcnow
@@ -36,6 +37,7 @@ class Breakglass:
         self.requests = Requests(self.core, self.grants)
         self.deadlines = Deadlines(self.core, self.requests, self.grants, self.reviews)
         self.stats = Stats(store, clock, policy)
+        self.digests = Digests(self.core, self.stats)
         self.outbox: OutboxWorker | None = None
 
     def attach_outbox(self, worker: OutboxWorker) -> None:

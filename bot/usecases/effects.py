@@ -84,6 +84,10 @@ class Effects:
     def alert(self, s: Session, request_id: int | None, notice: Notice) -> None:
         self._add(s, "alert", THREAD if request_id else ALERT, request_id, notice=notice.to_json())
 
+    def digest(self, s: Session, end: str) -> None:
+        """The weekly digest of the period up to `end`, to the security channel."""
+        self._add(s, "digest", ALERT, None, end=end)
+
     def credential_changed(self, s: Session, request_id: int) -> None:
         """The requester's credential message no longer shows what is true: edit it."""
         self._add(s, "credential", DM, request_id)
