@@ -107,7 +107,7 @@ def _figure(value: object, seconds: bool = False) -> str:
     return str(value)
 
 
-def _stats_table(report: Any) -> str:
+def stats_table(report: Any) -> str:
     """The report as a plain-text table: one column per resource, overall first."""
     rows: list[tuple[str, str, bool]] = [
         ("events (grants made)", "events", False),
@@ -180,7 +180,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print(_stats_table(report))
+        print(stats_table(report))
     return 0
 
 
@@ -289,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     from bot.demo import run_demo
 
-    return run_demo()
+    return run_demo(args.out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -362,6 +362,9 @@ def parser() -> argparse.ArgumentParser:
     dg.set_defaults(func=cmd_digest)
 
     d = sub.add_parser("demo", help="play the whole flow on embedded OpenBao and PostgreSQL")
+    d.add_argument(
+        "--out", help="where to write the demo's digest and chart (default: a new temporary folder)"
+    )
     d.set_defaults(func=cmd_demo)
     return p
 

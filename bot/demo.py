@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import tempfile
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
+from bot.chart import draw_events_chart
 from bot.sandbox.slack_fake import (
     FakeSlack,
     Message,
@@ -14,16 +16,20 @@ from bot.sandbox.slack_fake import (
     render_blocks,
     request_values,
     revealed,
+    review_values,
 )
 from bot.sandbox.stack import (
     APPROVER,
+    APPROVER_2,
     NAMES,
     REQUESTER,
     SECURITY_CHANNEL,
     Backends,
+    Bot,
     start_bot,
 )
-from bot.slack.ids import ActionId
+from bot.slack.digest import digest_text
+from bot.slack.ids import ActionId, BlockId
 
 
 def _say(line: str = "") -> None:
@@ -40,7 +46,51 @@ def _show(msg: Message, indent: str = "  ") -> None:
             )
 
 
-def run_demo() -> int:
+def _newest_card(slack: FakeSlack) -> Message:
+    return [m for m in slack.channel_messages(SECURITY_CHANNEL) if m.thread_ts is None][-1]
+
+
+def _break_the_glass(bot: Bot, backends: Backends, slack: FakeSlack) -> bool:
+    """The emergency path: no approver, access at once, a review owed once it ends."""
+    d = bot.driver
+    _say("\n7. @carol breaks the glass on prod-db (emergency: no approver needed)")
+    d.command(APPROVER_2).raise_for_status()
+    d.submit_view(
+        APPROVER_2,
+        slack.views_opened()[-1],
+        request_values(
+            "prod-db",
+            "15m",
+            "Pager at 02:10: replication stuck, nobody reachable to approve.",
+            "INC-4712",
+            emergency=True,
+        ),
+    ).raise_for_status()
+    parent = _newest_card(slack)
+    dm = [m for m in slack.dms(APPROVER_2) if m.blocks][-1]
+    _say("8. Security is alerted; @carol's access ends (she clicks Revoke now): a review is owed")
+    d.click(APPROVER_2, dm, ActionId.REVOKE).raise_for_status()
+    button = next(
+        m
+        for m in slack.thread(SECURITY_CHANNEL, parent.ts)
+        if any(b.get("block_id") == BlockId.REVIEW_ACTIONS for b in m.blocks)
+    )
+    _say("9. @bob reviews it: legitimate")
+    d.click(APPROVER, button, ActionId.REVIEW).raise_for_status()
+    d.submit_view(
+        APPROVER,
+        slack.views_opened()[-1],
+        review_values("legitimate", "Replication incident INC-4712; access used as stated."),
+    ).raise_for_status()
+    _say("\n================ #security: the emergency, its end and its review ================")
+    parent = _newest_card(slack)
+    _show(parent)
+    for reply in slack.thread(SECURITY_CHANNEL, parent.ts):
+        _show(reply, "    ")
+    return "reviewed by" in " ".join(render_blocks(parent.blocks, parent.text, NAMES))
+
+
+def run_demo(out_dir: str | None = None) -> int:
     for name in ("", "alembic", "werkzeug", "apscheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)
     _say("Starting embedded PostgreSQL and OpenBao (dev server)...")
@@ -115,15 +165,40 @@ def run_demo() -> int:
             for line in plain(text, NAMES).strip("`").splitlines():
                 _say(f"  {line}")
         _say("  (shown once; Slack keeps no history of modals and the bot stored nothing)")
+        reviewed = _break_the_glass(bot, backends, slack)
+
+        from bot.cli import stats_table
+        from bot.domain.periods import Period
+        from bot.usecases.digest import build_digest
+
+        now = bot.runtime.service.core.clock()
+        report = bot.runtime.service.stats.report(Period(now - timedelta(days=1), now))
+        _say("\n================ breakglass stats --since 1d ================")
+        for line in stats_table(report).splitlines():
+            _say(f"  {line}")
+        digest = build_digest(bot.runtime.service.stats, now + timedelta(days=1))
+        out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="breakglass-demo-"))
+        chart = draw_events_chart(
+            digest.days, digest.events_by_resource, digest.outside_by_day, out / "digest.png"
+        )
+        (out / "digest.txt").write_text(plain(digest_text(digest), NAMES) + "\n")
+        _say(f"\nThe weekly digest (what `breakglass digest --out {out}` writes):")
+        _say(f"  text:  {out / 'digest.txt'}")
+        _say(f"  chart: {chart}")
         with bot.runtime.store.read() as s:
             from bot.store import audit
 
             result = audit.verify(s)
         _say(f"\nAudit: {result}")
-        success = ok and not after and result.ok
+        success = ok and not after and reviewed and result.ok
         _say(
             "\nDemo "
-            + ("finished: access granted, used, revoked, recorded." if success else "FAILED")
+            + (
+                "finished: access granted, used, revoked; glass broken, reviewed, measured; "
+                "all recorded."
+                if success
+                else "FAILED"
+            )
         )
         return 0 if success else 1
     finally:

@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import select
 
 from bot.domain.workflow import State
-from bot.sandbox.slack_fake import FakeSlack, Message
+from bot.sandbox.slack_fake import FakeSlack, Message, review_values
 from bot.sandbox.stack import (
     APPROVER,
     APPROVER_2,
@@ -35,19 +35,6 @@ from tests.helpers import (
 )
 
 DUE = timedelta(hours=48)  # the policy's default review_due
-
-
-def review_values(outcome: str | None, notes: str | None = None) -> dict[str, Any]:
-    """state.values of the review modal, as Slack sends them."""
-    return {
-        BlockId.REVIEW_OUTCOME: {
-            ActionId.REVIEW_OUTCOME: {
-                "type": "radio_buttons",
-                "selected_option": {"value": outcome} if outcome else None,
-            }
-        },
-        BlockId.REVIEW_NOTES: {ActionId.REVIEW_NOTES: {"type": "plain_text_input", "value": notes}},
-    }
 
 
 def ended_emergency(bot: Bot, slack: FakeSlack, **kw: Any) -> tuple[Message, int]:

@@ -332,7 +332,7 @@ def test_demo_plays_the_whole_flow_and_cleans_up(tmp_path, tmp_path_factory):
     out_file, err_file = logs / "out", logs / "err"
     with out_file.open("w") as out, err_file.open("w") as err:
         demo = subprocess.Popen(
-            [BREAKGLASS, "demo"],
+            [BREAKGLASS, "demo", "--out", str(logs / "digest")],
             cwd=tmp_path,
             env={**os.environ, MARKER: marker},
             stdout=out,
@@ -353,6 +353,10 @@ def test_demo_plays_the_whole_flow_and_cleans_up(tmp_path, tmp_path_factory):
     assert "after revocation: refused" in out
     assert "#security" in out and "Approved by @bob" in out and "Revoked by @alice" in out
     assert "audit chain intact" in out
+    assert "@carol broke the glass" in out and "reviewed by @bob: legitimate" in out
+    assert "events (grants made)               2" in out
+    assert f"chart: {logs / 'digest' / 'digest.png'}" in out
+    assert (logs / "digest" / "digest.png").read_bytes().startswith(b"\x89PNG")
     assert list(tmp_path.iterdir()) == [], "the demo leaves nothing behind in the working dir"
     deadline = time.monotonic() + 10  # the servers' last children may take a moment
     while (left := _marked(marker)) and time.monotonic() < deadline:

@@ -696,6 +696,21 @@ def deny_values(reason: str) -> dict[str, Any]:
     }
 
 
+def review_values(outcome: str | None, notes: str | None = None) -> dict[str, Any]:
+    """state.values of the review modal, as Slack sends them."""
+    from bot.slack.ids import ActionId, BlockId
+
+    return {
+        BlockId.REVIEW_OUTCOME: {
+            ActionId.REVIEW_OUTCOME: {
+                "type": "radio_buttons",
+                "selected_option": {"value": outcome} if outcome else None,
+            }
+        },
+        BlockId.REVIEW_NOTES: {ActionId.REVIEW_NOTES: {"type": "plain_text_input", "value": notes}},
+    }
+
+
 # ---- showing a conversation as Slack would ------------------------------------------------
 
 _MENTION = re.compile(r"<@([UW][A-Z0-9]+)>")

@@ -15,7 +15,7 @@ def _num(value: float | None, unit: str = "") -> str:
     if unit == "s":
         return seconds_text(value)
     if unit == "%":
-        return share_text(value)
+        return "n/a" if value is None else share_text(value)
     return "n/a" if value is None else f"{value:g}"
 
 
