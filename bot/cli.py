@@ -6,13 +6,15 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from bot.settings import Settings
+
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -150,11 +152,31 @@ def stats_table(report: Any) -> str:
     return "\n".join(lines)
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
+def _reading_database(command: str, read: Callable[[Any], T]) -> T | None:
+    """`read(store)` on DATABASE_URL's database; None, after one line on stderr, when it cannot
+    be read (no URL and no driver message in that line: either may carry the password)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.domain.periods import PeriodError, parse_period
     from bot.store import Store, create_db_engine
+
+    engine = create_db_engine(_settings().database_url)
+    try:
+        return read(Store(engine))
+    except SQLAlchemyError as exc:
+        kind = type(getattr(exc, "orig", None) or exc).__name__
+        print(
+            f"breakglass {command}: cannot read the database ({kind}); check DATABASE_URL, "
+            "and run `breakglass migrate` if the bot never started on it",
+            file=sys.stderr,
+        )
+        return None
+    finally:
+        engine.dispose()
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+
+    from bot.domain.periods import PeriodError, parse_period
     from bot.usecases.ports import utcnow
     from bot.usecases.stats import Stats
 
@@ -163,20 +185,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     except PeriodError as exc:
         print(f"breakglass stats: {exc}", file=sys.stderr)
         return 2
-    engine = create_db_engine(_settings().database_url)
-    try:
-        report = Stats(Store(engine)).report(period, resource=args.resource)
-    except SQLAlchemyError as exc:
-        # One line, no URL and no driver message: either may carry the password.
-        kind = type(getattr(exc, "orig", None) or exc).__name__
-        print(
-            f"breakglass stats: cannot read the database ({kind}); check DATABASE_URL, and "
-            "run `breakglass migrate` if the bot never started on it",
-            file=sys.stderr,
-        )
+    report = _reading_database("stats", lambda store: Stats(store).report(period, args.resource))
+    if report is None:
         return 1
-    finally:
-        engine.dispose()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -185,13 +196,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
 
     from bot.chart import draw_events_chart
     from bot.domain.periods import PeriodError, parse_bound
     from bot.domain.windows import check_timezone
     from bot.slack.digest import digest_text
-    from bot.store import Store, create_db_engine
     from bot.usecases.digest import build_digest
     from bot.usecases.ports import utcnow
     from bot.usecases.stats import Stats
@@ -203,19 +212,11 @@ def cmd_digest(args: argparse.Namespace) -> int:
     except (PeriodError, ValueError) as exc:
         print(f"breakglass digest: {exc}", file=sys.stderr)
         return 2
-    engine = create_db_engine(_settings().database_url)
-    try:
-        digest = build_digest(Stats(Store(engine)), end, args.timezone)
-    except SQLAlchemyError as exc:
-        kind = type(getattr(exc, "orig", None) or exc).__name__
-        print(
-            f"breakglass digest: cannot read the database ({kind}); check DATABASE_URL, and "
-            "run `breakglass migrate` if the bot never started on it",
-            file=sys.stderr,
-        )
+    digest = _reading_database(
+        "digest", lambda store: build_digest(Stats(store), end, args.timezone)
+    )
+    if digest is None:
         return 1
-    finally:
-        engine.dispose()
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
