@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import update
@@ -144,6 +145,9 @@ def test_a_digest_that_slack_refuses_for_a_while_is_posted_once_it_answers(
         backends, slack, database_url, clock=clock, workdir=tmp_path, policy_text=DIGEST_POLICY
     )
     try:
+        job = bot.runtime.scheduler.scheduler.get_job("digest")
+        nxt = job.next_run_time.astimezone(ZoneInfo("Europe/Berlin"))
+        assert (nxt.strftime("%a %H:%M"), job.misfire_grace_time) == ("Mon 09:00", 3600)
         slack.fail("files.getUploadURLExternal", status=500, times=2)
         assert bot.service.digests.owe(datetime(2026, 11, 23, 8, 0, tzinfo=UTC))
         wait_for(lambda: slack.calls_to("files.completeUploadExternal"), timeout=30)
