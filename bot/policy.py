@@ -46,7 +46,7 @@ class Resource(BaseModel):
     # approval), or after every grant.
     review: Literal["emergency", "always"] = "emergency"
     # Groups whose members review; absent: the resource's approvers.
-    reviewers: list[str] | None = None
+    reviewers: list[str] | None = Field(default=None, min_length=1)
     # Approvals needed for a request made outside every maintenance window that applies to
     # the resource; absent: `approvals`.
     outside_window_approvals: int | None = Field(default=None, ge=1)

@@ -19,6 +19,9 @@ MAX_REASON = 1000
 MAX_ID = 2**31 - 1
 # NUL cannot be stored in PostgreSQL text, and other control characters only hide things.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Bidirectional embeddings, overrides and isolates: they make text display as other text
+# ("legit\u202eesusim" shows as "legitmisuse") in Slack and in an exported audit trail.
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _ID = re.compile(r"#?([0-9]{1,10})", re.ASCII)
 
 
@@ -58,6 +61,8 @@ def text_problem(value: str, limit: int) -> str | None:
     """Why free text cannot be recorded as typed, or None."""
     if _CONTROL.search(value):
         return "Remove the control characters (such as NUL) from this field."
+    if _BIDI.search(value):
+        return "Remove the text-direction control characters (such as U+202E) from this field."
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: no database can store it

@@ -44,10 +44,11 @@ def parse_bound(text: str, now: datetime) -> datetime:
     if _ISO_DATE.match(raw) or _ISO_DATETIME.match(raw):
         try:
             when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
+            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+            far = abs(now - when) > FURTHEST
+        except (ValueError, OverflowError):  # 0001-01-01T00:00+01:00 is before year 1 in UTC
             raise PeriodError(f"{raw!r} is not a valid date or time; {ACCEPTED}") from None
-        when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-        if abs(now - when) > FURTHEST:
+        if far:
             raise PeriodError(f"{raw!r} is more than {FURTHEST.days} days away")
         return when
     raise PeriodError(f"{raw!r} is not a time; {ACCEPTED}")

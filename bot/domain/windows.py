@@ -105,9 +105,9 @@ def _weekdays(field: str, expr: str) -> str:
             first, last = 0, 6
         elif "-" in span:
             a, _, b = span.partition("-")
-            first, last = _day(a, expr), _day(b, expr)
-            if b.strip() == "7":
-                last = 7
+            # 7 is Sunday too, at either end of a range: 5-7 is Friday to Sunday, 7-7 Sunday.
+            first = 7 if a.strip() == "7" else _day(a, expr)
+            last = 7 if b.strip() == "7" else _day(b, expr)
             if first > last:
                 raise ValueError(f"cron {expr!r}: the range {span!r} runs backwards")
         else:
@@ -121,6 +121,8 @@ def _weekdays(field: str, expr: str) -> str:
 
 def cron_trigger(expr: str, tz: ZoneInfo | Any = UTC) -> CronTrigger:
     """A trigger for a standard 5-field cron expression; ValueError with the reason."""
+    if not expr.isascii():
+        raise ValueError(f"cron {expr!r}: write it in ASCII (digits 0-9, names like MON)")
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(
@@ -148,8 +150,10 @@ def cron_trigger(expr: str, tz: ZoneInfo | Any = UTC) -> CronTrigger:
 
 
 def check_cron(expr: str) -> None:
-    """ValueError with the reason when `expr` is not a standard 5-field cron expression."""
-    cron_trigger(expr)
+    """ValueError with the reason when `expr` is not a standard 5-field cron expression, or
+    names only dates that never come (30 February)."""
+    if cron_trigger(expr).get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError(f"cron {expr!r} never fires: no such date comes")
 
 
 def check_timezone(name: str) -> ZoneInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from slack_sdk.models.blocks import (
@@ -30,6 +31,17 @@ def escape_clip(text: str | None, limit: int) -> str:
         out.append(piece)
         size += len(piece)
     return "".join(out)
+
+
+_PARTIAL_ENTITY = re.compile(r"&[a-z]{0,4}$")
+
+
+def clip_mrkdwn(text: str, limit: int) -> str:
+    """Rendered mrkdwn of at most `limit` characters; a cut says so ("…") and never splits an
+    entity such as `&lt;`."""
+    if len(text) <= limit:
+        return text
+    return _PARTIAL_ENTITY.sub("", text[: limit - 1]) + "…"
 
 
 def slack_date(when: datetime) -> str:

@@ -23,6 +23,7 @@ from bot.domain.reviews import Outcome
 from bot.domain.workflow import Event, State, describe_state
 from bot.slack.format import (
     SECTION_LIMIT,
+    clip_mrkdwn,
     confirmed_button,
     escape,
     escape_clip,
@@ -225,11 +226,15 @@ def _due(card: Card, words: str = "due") -> str:
     return f" ({words} {slack_date(card.review.due_at)})" if card.review else ""
 
 
+QUOTE_LIMIT = 2600  # quoted notes, so that the line above them fits the section too
+
+
 def _quote(note: str) -> str:
     """Free text as a block quote under the line (every line quoted)."""
     if not note:
         return ""
-    return "\n" + "\n".join(f">{line}" for line in escape_clip(note, 2000).splitlines())
+    quoted = "\n".join(f">{line}" for line in escape(note).splitlines())
+    return "\n" + clip_mrkdwn(quoted, QUOTE_LIMIT)
 
 
 def _outcome(card: Card) -> str:
@@ -244,7 +249,7 @@ def thread_reply(
 ) -> tuple[str, list[dict[str, Any]]]:
     """A reply in the request's thread: the event, and the audit event it was recorded as."""
     text = event_text(card, event, actor, note)
-    body: list[Any] = [SectionBlock(text=text[:SECTION_LIMIT])]
+    body: list[Any] = [SectionBlock(text=clip_mrkdwn(text, SECTION_LIMIT))]
     if event in (Event.REVIEW_OPENED, Event.REVIEW_REMINDED):
         body.append(review_button(card.request.id))
     if card.event is not None:
