@@ -20,7 +20,9 @@ from bot.store import AccessRequest, AuditEvent, Decision, Grant, OutboxEntry, a
 from bot.store import create_db_engine as engine_for
 from tests.helpers import JUSTIFICATION, wait_for
 
-pytestmark = pytest.mark.faults
+# Real serve processes racing on real time: one worker runs every test that starts processes
+# (this file and test_running.py), so none of them competes with another for the CPU.
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("processes")]
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT.parent / "shared" / "slack" / "manifest.schema.1.0.0.json"
 BREAKGLASS = str(Path(sys.executable).parent / "breakglass")
 
+# Processes of its own (serve, the demo): run on the worker that runs test_faults_processes.
+pytestmark = pytest.mark.xdist_group("processes")
+
 
 # ---- check-config ---------------------------------------------------------------------------
 
