@@ -4,6 +4,7 @@ the audit trail alike."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +36,15 @@ class Flag:
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind, "reason": self.reason}
+
+
+def reasons(recorded: str | None) -> list[str]:
+    """The reasons of flags as recorded on a request (JSON), for display; [] when none or
+    unreadable."""
+    try:
+        return [str(f["reason"]) for f in json.loads(recorded or "[]")]
+    except (ValueError, TypeError, KeyError):
+        return []
 
 
 def _ordinal(n: int) -> str:

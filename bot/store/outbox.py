@@ -39,13 +39,18 @@ def add(
             request_id=request_id,
             lane=lane,
             kind=kind,
-            payload=json.dumps(payload or {}, sort_keys=True),
+            payload=encode(payload),
             created_at=at,
             next_attempt_at=not_before or at,
         )
     )
     if wake is not None:
         wake_after_commit(session, wake)
+
+
+def encode(payload: dict[str, Any] | None) -> str:
+    """An entry's payload as stored: one spelling per content, so rows can be looked up by it."""
+    return json.dumps(payload or {}, sort_keys=True)
 
 
 def wake_after_commit(session: Session, wake: Callable[[], None]) -> None:

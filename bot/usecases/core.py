@@ -154,7 +154,7 @@ class Core:
         )
         # The ORM UPDATE above brought the moved objects up to date (synchronize_session).
         moved = [r for r in reqs if r.id in moved_ids]
-        notes = note if isinstance(note, dict) else {}
+        notes = note if isinstance(note, dict) else {r.id: note for r in moved}
         self.record_many(
             session,
             [
@@ -163,7 +163,7 @@ class Core:
                     event,
                     actor,
                     {"from": current.value, "to": target.value, **details.get(r.id, {})},
-                    notes.get(r.id, note if isinstance(note, str) else ""),
+                    notes.get(r.id, ""),
                 )
                 for r in moved
             ],

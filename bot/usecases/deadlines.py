@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Collection, Iterator
@@ -162,23 +163,25 @@ class Deadlines:
         handler = self.kinds[kind].run_many
         if handler is None or len(keys) == 1:
             return sum(self.run(kind, key) for key in keys)
-        with self._running_lock:
-            self._running += 1
-        try:
+        with self._acting():
             return len(handler(keys))
-        finally:
-            with self._running_lock:
-                self._running -= 1
 
     def run(self, kind: str, key: int) -> bool:
         """Act on one deadline (entry point for timers and the sweep); True if it acted."""
+        with self._acting():
+            try:
+                return self.kinds[kind].run(key)
+            except Refused as exc:
+                log.info("%s of %s: %s", kind, key, exc)
+        return False
+
+    @contextlib.contextmanager
+    def _acting(self) -> Iterator[None]:
+        """Counts the deadline actions under way (`busy`)."""
         with self._running_lock:
             self._running += 1
         try:
-            return self.kinds[kind].run(key)
-        except Refused as exc:
-            log.info("%s of %s: %s", kind, key, exc)
+            yield
         finally:
             with self._running_lock:
                 self._running -= 1
-        return False

@@ -8,7 +8,6 @@ lock lines them up, and the later one finds the row)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -16,10 +15,11 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import select
 
+from bot.domain.anomalies import reasons
 from bot.domain.periods import Period
 from bot.domain.windows import Window
 from bot.domain.workflow import Event
-from bot.store import AccessRequest, AuditHead, Grant, OutboxEntry, Review, audit
+from bot.store import AccessRequest, AuditHead, Grant, OutboxEntry, Review, audit, outbox
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.stats import REACHED_ACTIVE, Report, Stats
 
@@ -95,7 +95,7 @@ class Digests:
             seen = s.exec(
                 select(OutboxEntry.id).where(
                     OutboxEntry.kind == "digest",
-                    OutboxEntry.payload == json.dumps({"end": key}, sort_keys=True),
+                    OutboxEntry.payload == outbox.encode({"end": key}),
                 )
             ).first()
             if seen is not None:
@@ -127,7 +127,7 @@ def build_digest(stats: Stats, end: datetime, tz: str = "UTC", days: int = DAYS)
                 r.resource,
                 r.requester,
                 r.created_at,
-                [str(f.get("reason")) for f in json.loads(r.flags or "[]")],
+                reasons(r.flags),
             )
             for r in s.exec(
                 select(AccessRequest)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from bot.domain.anomalies import reasons
 from bot.domain.workflow import State
 from bot.policy import Resource
 from bot.store import AccessRequest, AuditEvent, Grant, Review
@@ -44,10 +44,7 @@ class Card:
     @property
     def flags(self) -> list[str]:
         """The anomaly flags' reasons, as recorded when the request was filed."""
-        try:
-            return [str(f["reason"]) for f in json.loads(self.request.flags or "[]")]
-        except (ValueError, TypeError, KeyError):
-            return []
+        return reasons(self.request.flags)
 
     @property
     def state(self) -> State:
