@@ -102,6 +102,18 @@ class DigestSchedule(BaseModel):
     timezone: Annotated[str, BeforeValidator(_zone)] = "UTC"
 
 
+class AuditSettings(BaseModel):
+    """How the audit trail is kept, protected and sent out (`audit:` in the policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Retention(BaseModel):
+    """How long what can be pruned is kept (`retention:` in the policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Policy(BaseModel):
     """The whole policy file."""
 
@@ -119,6 +131,8 @@ class Policy(BaseModel):
     maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
     # The weekly digest in the security channel; absent: none is posted.
     digest: DigestSchedule | None = None
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    retention: Retention = Field(default_factory=Retention)
 
     @property
     def windows(self) -> list[Window]:
