@@ -70,14 +70,142 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from bot.store import Store, audit, create_db_engine
+def _anchor_key(args: argparse.Namespace, settings: Settings) -> Any:
+    """The public key anchors are checked with: --public-key, else AUDIT_SIGNING_KEY's."""
+    from bot.domain.anchors import load_public
 
-    store = Store(create_db_engine(_settings().database_url))
-    with store.read() as s:
-        result = audit.verify(s)
+    if args.public_key:
+        return load_public(args.public_key)
+    signer = settings.audit_signer()
+    return signer.public_key() if signer is not None else None
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Recompute the chain; with --anchors, hold it against heads kept outside the database."""
+    from bot.domain.anchors import KeyProblem, parse
+    from bot.store import audit
+
+    settings = _settings()
+    anchors = []
+    for name in args.anchors or []:
+        try:
+            text = Path(name).read_text(errors="replace")
+        except OSError as exc:
+            print(f"breakglass audit verify: cannot read {name}: {exc.strerror}", file=sys.stderr)
+            return 2
+        found = parse(text, name)
+        if not found:
+            print(f"breakglass audit verify: no anchor line in {name}", file=sys.stderr)
+            return 2
+        anchors.extend(found)
+    try:
+        public = _anchor_key(args, settings) if anchors else None
+    except KeyProblem as exc:
+        print(f"breakglass audit verify: the public key: {exc}", file=sys.stderr)
+        return 2
+    if public is not None:
+        for anchor in anchors:
+            if not anchor.signature_ok(public):
+                what = "is not signed" if not anchor.signature else "has a signature that fails"
+                print(
+                    f"audit anchor {anchor.where} {what} with this key: a forged or altered "
+                    "anchor (or the wrong --public-key)",
+                    file=sys.stderr,
+                )
+                return 1
+    elif anchors:
+        print(
+            "note: anchor signatures not checked (give --public-key or set AUDIT_SIGNING_KEY)",
+            file=sys.stderr,
+        )
+
+    def check(store: Any) -> audit.Verification:
+        with store.read() as s:
+            return audit.verify(s, anchors)
+
+    result = _reading_database("audit verify", check)
+    if result is None:
+        return 2
     print(result, file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
+
+
+def cmd_audit_anchor(args: argparse.Namespace) -> int:
+    """Print (and append to --out) the chain's head as a signed anchor line."""
+    from bot.domain.anchors import KeyProblem, anchor_of
+    from bot.store import AuditHead, audit
+    from bot.usecases.ports import utcnow
+
+    settings = _settings()
+    try:
+        signer = settings.audit_signer()
+    except KeyProblem as exc:
+        print(f"breakglass audit anchor: AUDIT_SIGNING_KEY: {exc}", file=sys.stderr)
+        return 2
+
+    def head(store: Any) -> tuple[int, str]:
+        with store.read() as s:
+            row = s.get(AuditHead, 1)
+            return (row.seq, row.hash) if row else (0, audit.GENESIS)
+
+    found = _reading_database("audit anchor", head)
+    if found is None:
+        return 2
+    line = anchor_of(found[0], found[1], utcnow()).signed(signer).line()
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+    print(line)
+    return 0
+
+
+def cmd_audit_keygen(args: argparse.Namespace) -> int:
+    """A new Ed25519 key: the private key (PEM) on stdout, its public key on stderr."""
+    from bot.domain.anchors import load_private, new_private_pem, public_text
+
+    pem = new_private_pem()
+    print(pem, end="")
+    public = public_text(load_private(pem).public_key())
+    print(f"public key (for --public-key): {public}", file=sys.stderr)
+    return 0
+
+
+def cmd_audit_prune(args: argparse.Namespace) -> int:
+    """Prune finished requests' free text older than the policy's retention."""
+    from bot.policy import PolicyError, load_policy
+    from bot.usecases.core import Core
+    from bot.usecases.effects import Effects
+    from bot.usecases.ports import utcnow
+    from bot.usecases.trail import AuditTrail
+
+    settings = _settings()
+    try:
+        policy = load_policy(settings.breakglass_config)
+    except PolicyError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return 2
+    if policy.retention.details is None:
+        print(
+            "breakglass audit prune: no retention is set; add `retention: {details: 400d}` "
+            "to the policy (export the trail first: `breakglass audit export`)",
+            file=sys.stderr,
+        )
+        return 2
+
+    def prune(store: Any) -> Any:
+        trail = AuditTrail(Core(store, policy, None, Effects()))  # type: ignore[arg-type]
+        return trail.prune(utcnow(), dry_run=args.dry_run)
+
+    done = _reading_database("audit prune", prune)
+    if done is None:
+        return 2
+    verb = "would prune" if args.dry_run else "pruned"
+    print(
+        f"{verb} the free text of {done.requests} requests finished before "
+        f"{done.cutoff:%Y-%m-%d %H:%M}Z ({done.events} audit events' details)"
+    )
+    return 0
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -330,6 +458,39 @@ def parser() -> argparse.ArgumentParser:
     asub = a.add_subparsers(dest="audit_command", required=True)
     v = asub.add_parser("verify", help="recompute the hash chain; exit 1 at the first break")
     v.set_defaults(func=cmd_audit_verify)
+    v.add_argument(
+        "--anchors",
+        action="append",
+        metavar="FILE",
+        help="a file holding anchor lines (a Slack export, `audit anchor --out`'s file, a "
+        "SIEM search); repeatable. A truncated or rewritten chain fails against them",
+    )
+    v.add_argument(
+        "--public-key",
+        help="Ed25519 public key the anchors are signed with (base64, PEM or a file); "
+        "default: AUDIT_SIGNING_KEY's",
+    )
+    an = asub.add_parser(
+        "anchor",
+        help="print the chain's head as an anchor line (signed with AUDIT_SIGNING_KEY)",
+        description="Print the chain's head as an anchor line, signed when AUDIT_SIGNING_KEY "
+        "is set; keep it outside the database (append-only storage, a ticket) for "
+        "`audit verify --anchors`.",
+    )
+    an.add_argument("--out", help="also append the line to this file")
+    an.set_defaults(func=cmd_audit_anchor)
+    kg = asub.add_parser("keygen", help="make an Ed25519 key for AUDIT_SIGNING_KEY (PEM on stdout)")
+    kg.set_defaults(func=cmd_audit_keygen)
+    pr = asub.add_parser(
+        "prune",
+        help="remove finished requests' free text older than the policy's retention",
+        description="Remove the free text (justification, ticket, reasons, notes, and the "
+        "details of their audit events) of requests finished longer ago than the policy's "
+        "`retention: details:`. Events keep a digest of what was removed, so `audit verify` "
+        "still passes. Export first (`audit export`): that is the archive.",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    pr.set_defaults(func=cmd_audit_prune)
     e = asub.add_parser("export", help="events as JSON Lines")
     e.add_argument("--request", type=int, help="only this request's events")
     e.add_argument("-o", "--output", help="file to write (default stdout)")

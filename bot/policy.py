@@ -102,16 +102,42 @@ class DigestSchedule(BaseModel):
     timezone: Annotated[str, BeforeValidator(_zone)] = "UTC"
 
 
+class AnchorSchedule(BaseModel):
+    """When the audit chain is verified and its head anchored in the security channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: Annotated[str, BeforeValidator(_cron)] = "0 0 * * *"
+    timezone: Annotated[str, BeforeValidator(_zone)] = "UTC"
+
+
 class AuditSettings(BaseModel):
     """How the audit trail is kept, protected and sent out (`audit:` in the policy)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    # The daily round: verify the chain (alert if it broke), anchor its head, prune.
+    anchor: AnchorSchedule = Field(default_factory=AnchorSchedule)
+
+
+def _retention(value: Any) -> timedelta:
+    try:
+        kept = parse_duration(value, longest=timedelta(days=100 * 366))
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+    if kept < timedelta(days=1):
+        raise ValueError("keep details at least a day (write it like 400d)")
+    return kept
 
 
 class Retention(BaseModel):
     """How long what can be pruned is kept (`retention:` in the policy)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    # Free text of finished requests (justification, ticket, reasons, notes, and their audit
+    # events' details) is pruned this long after the request finished; absent: kept forever.
+    details: Annotated[timedelta, BeforeValidator(_retention)] | None = None
 
 
 class Policy(BaseModel):

@@ -166,7 +166,9 @@ def build(
     bot_token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     client = make_client(bot_token, settings.slack_base_url())
     scheduler = Scheduler(sweep_interval)
-    service = Breakglass(store, policy, backend, timers=scheduler, clock=clock)
+    service = Breakglass(
+        store, policy, backend, timers=scheduler, clock=clock, signer=settings.audit_signer()
+    )
     notifier = SlackNotifier(
         client, service.core, policy.security_channel, settings.vault_addr, service.digests
     )

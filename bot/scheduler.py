@@ -96,6 +96,15 @@ class Scheduler:
                 misfire_grace_time=None,
             )
 
+        anchor = self.service.policy.audit.anchor
+        self.scheduler.add_job(
+            self.audit_round,
+            cron_trigger(anchor.cron, ZoneInfo(anchor.timezone)),
+            id="audit",
+            replace_existing=True,
+            # A round missed while the bot was down still runs (within an hour).
+            misfire_grace_time=3600,
+        )
         schedule = self.service.policy.digest
         if schedule is not None:
             self.scheduler.add_job(
@@ -106,6 +115,12 @@ class Scheduler:
                 # A digest missed while the bot was down is still owed (within an hour).
                 misfire_grace_time=3600,
             )
+
+    def audit_round(self) -> None:
+        """The daily round: verify the chain (alert if it broke), anchor its head, prune."""
+        assert self.service is not None
+        trail = self.service.trail
+        trail.daily(trail.due(datetime.now(UTC)))
 
     def owe_digest(self) -> None:
         """The digest's schedule fired: owe the digest of the week up to that moment."""

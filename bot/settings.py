@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,17 @@ class Settings(BaseSettings):
     vault_token_role: str | None = None
     database_url: str = "sqlite:///breakglass.db"
     breakglass_config: Path = Path("breakglass.yml")
+    # Ed25519 key that signs the audit chain's anchors: PKCS#8 PEM, a file holding it, or
+    # base64 of the 32-byte seed (`breakglass audit keygen` makes one).
+    audit_signing_key: SecretStr | None = None
+
+    def audit_signer(self) -> Any:
+        """The anchors' signing key, or None; KeyProblem when it is set but unusable."""
+        if not self.audit_signing_key or not self.audit_signing_key.get_secret_value():
+            return None
+        from bot.domain.anchors import load_private
+
+        return load_private(self.audit_signing_key.get_secret_value())
 
     @property
     def socket_mode(self) -> bool:
@@ -55,4 +67,13 @@ class Settings(BaseSettings):
             out.append(f"SLACK_API_URL {self.slack_api_url!r} is not an http(s) URL")
         if self.vault_addr and not self.vault_addr.startswith(("http://", "https://")):
             out.append(f"VAULT_ADDR {self.vault_addr!r} is not an http(s) URL")
+        from bot.domain.anchors import KeyProblem
+
+        try:
+            self.audit_signer()
+        except KeyProblem as exc:
+            out.append(
+                f"AUDIT_SIGNING_KEY: {exc}; make one with `breakglass audit keygen` "
+                "(PKCS#8 PEM, a file holding it, or base64 of the 32-byte seed)"
+            )
         return out

@@ -108,3 +108,23 @@ def request_row(bot: Bot, request_id: int) -> AccessRequest:
 
 def request_id_of(parent: Message) -> int:
     return int(re.search(r"#(\d+)", parent.text).group(1))
+
+
+def tamper(engine, sql: str, **params: object) -> None:
+    """Change the audit tables behind the bot's back, as the database's owner can: the
+    append-only triggers switched off first (what must catch this is the chain and its
+    anchors, not the triggers)."""
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE audit_event DISABLE TRIGGER USER"))
+            conn.execute(text("ALTER TABLE audit_head DISABLE TRIGGER USER"))
+        else:
+            rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+            for (name,) in rows.all():
+                conn.execute(text(f'DROP TRIGGER "{name}"'))
+        conn.execute(text(sql), params)
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE audit_event ENABLE TRIGGER USER"))
+            conn.execute(text("ALTER TABLE audit_head ENABLE TRIGGER USER"))

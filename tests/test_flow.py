@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import select
 
 from bot.domain.workflow import State
@@ -28,6 +29,7 @@ from tests.helpers import (
     request_id_of,
     request_row,
     reveal,
+    tamper,
     thread_texts,
     wait_for,
 )
@@ -508,8 +510,12 @@ def test_audit_verify_detects_an_edited_row(bot, slack, monkeypatch, capsys, dat
     monkeypatch.setenv("DATABASE_URL", database_url)
     assert main(["audit", "verify"]) == 0
     assert "intact: 4 events" in capsys.readouterr().out
-    with bot.runtime.store.engine.begin() as c:
-        c.execute(text("UPDATE audit_event SET actor = 'U0SOMEONE' WHERE seq = 2"))
+    # The database itself refuses the edit (append-only triggers) ...
+    with pytest.raises(DBAPIError, match="append-only"):
+        with bot.runtime.store.engine.begin() as c:
+            c.execute(text("UPDATE audit_event SET actor = 'U0SOMEONE' WHERE seq = 2"))
+    # ... and when its owner switches them off, the chain tells.
+    tamper(bot.runtime.store.engine, "UPDATE audit_event SET actor = 'U0SOMEONE' WHERE seq = 2")
     assert main(["audit", "verify"]) == 1
     assert "broken at event 2" in capsys.readouterr().err
 

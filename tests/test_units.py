@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import hashlib
 import itertools
 import json
 import threading
@@ -11,6 +12,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from slack_sdk.models.views import View
 from sqlalchemy import text
 
@@ -613,7 +616,7 @@ HASH_FIELDS = {
     "actor": "U0AAA",
     "action": "approved",
     "request_id": 7,
-    "details": '{"from":"pending","to":"approved"}',
+    "details_hash": "c" * 64,
     "prev_hash": "a" * 64,
 }
 
@@ -634,7 +637,7 @@ def test_event_hash_is_a_stable_sha256() -> None:
         ("action", "denied"),
         ("request_id", 8),
         ("request_id", None),
-        ("details", '{"from":"pending","to":"denied"}'),
+        ("details_hash", "d" * 64),
         ("prev_hash", "b" * 64),
     ],
 )
@@ -681,7 +684,11 @@ def verify(store: Store) -> audit.Verification:
 
 
 def raw(store: Store, sql: str, **params: object) -> None:
+    """Change the file behind the bot's back, as its owner can: the append-only triggers
+    dropped first (the chain's hashes, not the triggers, are what catches this)."""
     with store.engine.begin() as conn:
+        for (name,) in conn.execute(text("SELECT name FROM sqlite_master WHERE type='trigger'")):
+            conn.execute(text(f'DROP TRIGGER "{name}"'))
         conn.execute(text(sql), params)
 
 
@@ -749,7 +756,7 @@ def test_rewriting_an_event_with_a_fresh_hash_breaks_the_next_link(store: Store)
         actor="U0EVE",
         action=ev["action"],
         request_id=ev["request_id"],
-        details=audit.canonical(ev["details"]),
+        details_hash=ev["details_hash"],
         prev_hash=ev["prev_hash"],
     )
     raw(store, "UPDATE audit_event SET actor = 'U0EVE', hash = :h WHERE seq = 2", h=forged)
@@ -1064,3 +1071,39 @@ def test_check_form_huge_duration_is_a_field_error(policy: Policy) -> None:
     valid, errors = check_form(policy, RequestForm("prod-db", "9999999999d", JUSTIFICATION))
     assert valid is None
     assert "duration" in errors
+
+
+@given(
+    seq=st.integers(min_value=1, max_value=10**12),
+    actor=st.text(max_size=40),
+    action=st.text(max_size=30),
+    request_id=st.none() | st.integers(min_value=0, max_value=10**12),
+    details_hash=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    prev_hash=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+)
+def test_the_spelled_out_event_hash_is_sha256_of_the_canonical_json(
+    seq, actor, action, request_id, details_hash, prev_hash
+) -> None:
+    at = NOW + timedelta(microseconds=seq % 10**6)
+    body = audit.canonical(
+        {
+            "v": 2,
+            "seq": seq,
+            "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "actor": actor,
+            "action": action,
+            "request_id": request_id,
+            "details_hash": details_hash,
+            "prev_hash": prev_hash,
+        }
+    )
+    expected = hashlib.sha256(body.encode()).hexdigest()
+    assert expected == audit.event_hash(
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        request_id=request_id,
+        details_hash=details_hash,
+        prev_hash=prev_hash,
+    )

@@ -25,6 +25,7 @@ class NoticeKind(StrEnum):
     REVOCATION_STUCK = "revocation_stuck"  # since, error
     VAULT_AUTH_FAILING = "vault_auth_failing"  # reason
     VAULT_AUTH_RESTORED = "vault_auth_restored"
+    AUDIT_CHAIN_BROKEN = "audit_chain_broken"  # seq, reason
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ class Event(StrEnum):
     REVIEW_REMINDED = "review_reminded"  # not done by its due time: reminded once, overdue
     REVIEW_CLOSED = "review_closed"
     DIGEST = "digest"  # the weekly digest owed (its event anchors the chain in Slack)
+    # the audit trail looking after itself
+    ANCHORED = "anchored"  # the chain's head (this event) written down in Slack, signed
+    CHAIN_BROKEN = "chain_broken"  # the daily verification failed: security alerted
+    PRUNED = "pruned"  # finished requests' free text removed after its retention
 
 
 @dataclass(frozen=True)

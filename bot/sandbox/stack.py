@@ -170,6 +170,7 @@ def start_bot(
     workdir: Path | None = None,
     vault_addr: str | None = None,
     inline_outbox: bool = True,
+    audit_signing_key: str | None = None,
 ) -> Bot:
     """Build the bot as `breakglass serve` does, pointed at the embedded parts (Vault at
     `vault_addr` when given: a FaultProxy in front of the embedded OpenBao)."""
@@ -183,6 +184,7 @@ def start_bot(
         vault_token=backends.bot_token,
         database_url=database_url,
         breakglass_config=(workdir or Path(".")) / "breakglass.yml",
+        audit_signing_key=audit_signing_key,
     )
     runtime = build(
         settings,

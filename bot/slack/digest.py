@@ -96,7 +96,8 @@ def digest_text(d: Digest) -> str:
     )
     lines += [
         "",
-        f"*Audit chain*: {chain}; head #{d.head_seq} `{d.head_hash}` "
-        "(keep this line: it anchors the chain outside the database)",
+        f"*Audit chain*: {chain}; head #{d.head_seq} `{d.head_hash}`. Its anchor "
+        "(`breakglass audit verify --anchors FILE` reads it wherever it is kept):",
+        f"`{d.anchor}`" if d.anchor else "",
     ]
     return "\n".join(lines)

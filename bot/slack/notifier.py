@@ -99,7 +99,25 @@ def notice_text(notice: Notice) -> str:
         )
     if kind == NoticeKind.VAULT_AUTH_RESTORED:
         return "The bot's Vault token works again."
+    if kind == NoticeKind.AUDIT_CHAIN_BROKEN:
+        return (
+            f"The audit trail failed its daily verification: {escape(str(f.get('reason', '')))}. "
+            "Someone changed or removed recorded events; compare with the last anchors "
+            "(`breakglass audit verify --anchors FILE`) and investigate now."
+        )
     raise ValueError(f"no text for notice {kind}")
+
+
+def anchor_text(payload: dict[str, Any]) -> str:
+    """An anchor message: the line `breakglass audit verify --anchors` reads, and how."""
+    key = payload.get("public_key")
+    signed = f" Signed with Ed25519 public key `{key}`." if key else " Not signed (no key set)."
+    return (
+        ":anchor: Audit anchor: the chain's head, kept here outside the bot's database."
+        f"{signed} Save this channel's anchors and check the chain with "
+        "`breakglass audit verify --anchors FILE`: a rewritten or truncated trail fails.\n"
+        f"```{payload['line']}```"
+    )
 
 
 # Slack errors after which trying again cannot help: the effect is given up, loudly.
@@ -152,6 +170,7 @@ class SlackNotifier:
             "alert": self.alert,
             "credential": self.credential,
             "digest": self.digest,
+            "anchor": self.anchor,
         }
 
     def _call(self, method: str, **kwargs: Any) -> Any:
@@ -257,6 +276,10 @@ class SlackNotifier:
                 title="Break-glass events per day",
                 initial_comment=text,
             )
+
+    def anchor(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
+        """The audit chain's head, kept in the channel's history, outside the database."""
+        self._call("chat_postMessage", channel=self.security_channel, text=anchor_text(payload))
 
     # ---- the requester ------------------------------------------------------------------
 

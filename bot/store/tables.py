@@ -86,6 +86,8 @@ class AccessRequest(SQLModel, table=True):
     outside_window: bool | None = None
     # Anomaly flags raised when it was filed: JSON, a list of {"kind", "reason"}.
     flags: str | None = Field(default=None, sa_type=sa.Text)
+    # When its free text (justification, ticket, reasons, notes) was pruned after retention.
+    details_pruned_at: datetime | None = _ts()
 
 
 class Decision(SQLModel, table=True):
@@ -145,7 +147,13 @@ class AuditEvent(SQLModel, table=True):
     actor: str = Field(max_length=64)
     action: str = Field(max_length=32)
     request_id: int | None = Field(default=None, index=True)
-    details: str = Field(sa_type=sa.Text)  # canonical JSON, redacted
+    # Canonical JSON, redacted; None once pruned after its retention (its digest stays).
+    details: str | None = Field(default=None, sa_type=sa.Text)
+    # sha256 of `details` as first stored: what the hash covers (version 2).
+    details_hash: str | None = Field(default=None, max_length=64)
+    # Hash format: 1 covered the details themselves (events before migration 0005), 2 their
+    # digest, so that details can be pruned and the chain still verifies.
+    v: int = Field(default=2, sa_type=sa.SmallInteger, sa_column_kwargs={"server_default": "1"})
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
 

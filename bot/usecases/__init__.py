@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from bot.policy import Policy
 from bot.store import Store
 from bot.usecases.core import SYSTEM, Core, NotFound
@@ -13,6 +15,7 @@ from bot.usecases.ports import Card, Clock, Courier, NoTimers, Timers, utcnow
 from bot.usecases.requests import Requests
 from bot.usecases.reviews import Reviews
 from bot.usecases.stats import Stats
+from bot.usecases.trail import AuditTrail
 from providers import VaultBackend
 
 __all__ = ["SYSTEM", "Breakglass", "Card", "Core", "Courier", "NotFound", "Timers"]
@@ -30,14 +33,16 @@ class Breakglass:
         *,
         timers: Timers | None = None,
         clock: Clock = utcnow,
+        signer: Ed25519PrivateKey | None = None,
     ):
         self.core = Core(store, policy, backend, Effects(), timers or NoTimers(), clock)
+        self.trail = AuditTrail(self.core, signer)
         self.reviews = Reviews(self.core)
         self.grants = Grants(self.core, courier, self.reviews)
         self.requests = Requests(self.core, self.grants)
         self.deadlines = Deadlines(self.core, self.requests, self.grants, self.reviews)
         self.stats = Stats(store, clock, policy)
-        self.digests = Digests(self.core, self.stats)
+        self.digests = Digests(self.core, self.stats, self.trail)
         self.outbox: OutboxWorker | None = None
 
     def attach_outbox(self, worker: OutboxWorker) -> None:

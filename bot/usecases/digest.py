@@ -9,12 +9,14 @@ lock lines them up, and the later one finds the row)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlmodel import select
 
+from bot.domain.anchors import anchor_of
 from bot.domain.anomalies import reasons
 from bot.domain.periods import Period
 from bot.domain.windows import Window
@@ -22,6 +24,9 @@ from bot.domain.workflow import Event
 from bot.store import AccessRequest, AuditHead, Grant, OutboxEntry, Review, audit, outbox
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.stats import REACHED_ACTIVE, Report, Stats
+
+if TYPE_CHECKING:
+    from bot.usecases.trail import AuditTrail
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,8 @@ class Digest:
     chain_problem: str
     head_seq: int
     head_hash: str
+    # The chain's head as an anchor line (`breakglass audit verify --anchors` reads it).
+    anchor: str = ""
     # The chart: one entry per day of the period (in the digest's time zone).
     days: list[date] = field(default_factory=list)
     events_by_resource: dict[str, list[int]] = field(default_factory=dict)
@@ -65,14 +72,19 @@ class Digest:
 
 
 class Digests:
-    def __init__(self, core: Core, stats: Stats):
+    def __init__(self, core: Core, stats: Stats, trail: AuditTrail | None = None):
         self.core = core
         self.stats = stats
+        self.trail = trail
 
     def build(self, end: datetime) -> Digest:
-        """The digest of the week up to `end`, days counted in the digest's time zone."""
+        """The digest of the week up to `end`, days counted in the digest's time zone, with
+        the chain's head as an anchor (signed when the bot has a key)."""
         schedule = self.core.policy.digest
-        return build_digest(self.stats, end, schedule.timezone if schedule else "UTC")
+        digest = build_digest(self.stats, end, schedule.timezone if schedule else "UTC")
+        signer = self.trail.signer if self.trail else None
+        anchor = anchor_of(digest.head_seq, digest.head_hash, self.core.clock()).signed(signer)
+        return replace(digest, anchor=anchor.line())
 
     def due(self, now: datetime) -> datetime | None:
         """The scheduled moment whose digest a timer firing at `now` owes (every replica

@@ -88,6 +88,11 @@ class Effects:
         """The weekly digest of the period up to `end`, to the security channel."""
         self._add(s, "digest", ALERT, None, end=end)
 
+    def anchor(self, s: Session, line: str, public_key: str | None) -> None:
+        """The audit chain's head, posted to the security channel: an anchor kept outside
+        the database."""
+        self._add(s, "anchor", ALERT, None, line=line, public_key=public_key)
+
     def credential_changed(self, s: Session, request_id: int) -> None:
         """The requester's credential message no longer shows what is true: edit it."""
         self._add(s, "credential", DM, request_id)

@@ -1,0 +1,154 @@
+"""Anchors: the audit chain's head (sequence and hash, at a time) written down outside the
+database, signed with Ed25519 when a key is given, so that a truncated or fully rewritten
+chain is told apart from an intact one.
+
+An anchor is one line of text, found wherever it was kept (a Slack channel export, a copy
+into a ticket, a SIEM search, a file that `breakglass audit anchor` appends to):
+
+    breakglass-anchor v1 seq=1234 hash=<64 hex> at=2026-11-22T00:00:00Z sig=<base64>
+
+The signature covers the line up to (not including) ` sig=`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+PREFIX = "breakglass-anchor v1"
+_LINE = re.compile(
+    r"breakglass-anchor v1 seq=(?P<seq>\d{1,18}) hash=(?P<hash>[0-9a-f]{64}) "
+    r"at=(?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)(?: sig=(?P<sig>[A-Za-z0-9+/=]{40,120}))?"
+)
+
+
+class KeyProblem(ValueError):
+    """A signing or public key that cannot be used; the message says why (never the key)."""
+
+
+@dataclass(frozen=True)
+class Anchor:
+    seq: int
+    hash: str
+    at: datetime
+    signature: str | None = None
+    where: str = ""  # where it was read (file:line), for messages
+
+    @property
+    def payload(self) -> str:
+        at = self.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{PREFIX} seq={self.seq} hash={self.hash} at={at}"
+
+    def line(self) -> str:
+        return self.payload + (f" sig={self.signature}" if self.signature else "")
+
+    def signed(self, key: Ed25519PrivateKey | None) -> Anchor:
+        if key is None:
+            return self
+        sig = base64.b64encode(key.sign(self.payload.encode())).decode()
+        return replace(self, signature=sig)
+
+    def signature_ok(self, public: Ed25519PublicKey) -> bool:
+        if not self.signature:
+            return False
+        try:
+            public.verify(base64.b64decode(self.signature), self.payload.encode())
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+        return True
+
+
+def anchor_of(seq: int, hash_: str, at: datetime) -> Anchor:
+    """An anchor of the head (whole seconds: what the line can carry)."""
+    return Anchor(seq, hash_, at.astimezone(UTC).replace(microsecond=0))
+
+
+def parse(text: str, source: str = "") -> list[Anchor]:
+    """Every anchor line in `text`, wherever it sits in a line (a Slack export's JSON, a
+    log, a copy-paste), in order."""
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        for m in _LINE.finditer(line.replace("\\n", " ")):
+            at = datetime.strptime(m["at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            found.append(
+                Anchor(int(m["seq"]), m["hash"], at, m["sig"], f"{source}:{number}".lstrip(":"))
+            )
+    return found
+
+
+def _material(value: str) -> bytes:
+    """A key given as PEM text, a file holding it, or base64 of the raw 32 bytes."""
+    value = value.strip()
+    if not value.startswith("-----BEGIN") and "\n" not in value and len(value) < 4096:
+        path = Path(value)
+        try:
+            if path.is_file():
+                return path.read_bytes().strip()
+        except OSError:
+            pass
+    return value.encode()
+
+
+def load_private(value: str) -> Ed25519PrivateKey:
+    """AUDIT_SIGNING_KEY: an Ed25519 private key (PKCS#8 PEM, a file holding it, or base64 of
+    the 32-byte seed)."""
+    data = _material(value)
+    if data.startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise KeyProblem(f"not a usable PEM private key ({type(exc).__name__})") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyProblem("the PEM key is not an Ed25519 key") from None
+        return key
+    raw = _b64(data)
+    if len(raw) != 32:
+        raise KeyProblem("an Ed25519 seed is 32 bytes (base64); this is not one")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def load_public(value: str) -> Ed25519PublicKey:
+    """A public key to check anchors with: PEM, a file holding it, or base64 of 32 bytes."""
+    data = _material(value)
+    if data.startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError) as exc:
+            raise KeyProblem(f"not a usable PEM public key ({type(exc).__name__})") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyProblem("the PEM key is not an Ed25519 key") from None
+        return key
+    raw = _b64(data)
+    if len(raw) != 32:
+        raise KeyProblem("an Ed25519 public key is 32 bytes (base64); this is not one")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _b64(data: bytes) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyProblem("neither PEM nor base64") from None
+
+
+def public_text(key: Ed25519PublicKey) -> str:
+    """The public key as base64 of its 32 bytes: what operators hand to `--public-key`."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def new_private_pem() -> str:
+    key = Ed25519PrivateKey.generate()
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
