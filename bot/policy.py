@@ -111,6 +111,15 @@ class AnchorSchedule(BaseModel):
     timezone: Annotated[str, BeforeValidator(_zone)] = "UTC"
 
 
+def _transit_key(value: Any) -> str:
+    from providers.transit import parse_key_path
+
+    if not isinstance(value, str):
+        raise ValueError("a transit key path is a string, such as transit/keys/breakglass")
+    parse_key_path(value)
+    return value
+
+
 class AuditSettings(BaseModel):
     """How the audit trail is kept, protected and sent out (`audit:` in the policy)."""
 
@@ -118,6 +127,9 @@ class AuditSettings(BaseModel):
 
     # The daily round: verify the chain (alert if it broke), anchor its head, prune.
     anchor: AnchorSchedule = Field(default_factory=AnchorSchedule)
+    # Free text (justification, deny reasons, review notes; not the ticket id) stored
+    # encrypted with this Vault transit key, e.g. transit/keys/breakglass; absent: as typed.
+    encrypt: Annotated[str, BeforeValidator(_transit_key)] | None = None
 
 
 def _retention(value: Any) -> timedelta:

@@ -36,6 +36,12 @@ def required_capabilities(policy: Policy) -> dict[str, tuple[set[str], str]]:
             path = f"{mount}/creds/{res.options['role']}"
             caps, who = needed.get(path, (set(), []))
             needed[path] = (caps | {"read"}, [*who, f"resources.{name}"])
+    if policy.audit.encrypt:
+        from providers.transit import parse_key_path
+
+        mount, key = parse_key_path(policy.audit.encrypt)
+        for verb in ("encrypt", "decrypt"):
+            needed[f"{mount}/{verb}/{key}"] = ({"update"}, ["audit.encrypt"])
     return {path: (caps, ", ".join(who)) for path, (caps, who) in needed.items()}
 
 

@@ -17,13 +17,14 @@ from sqlmodel import select
 from bot import migrate
 from bot.domain.anchors import anchor_of, load_private, new_private_pem, parse, public_text
 from bot.domain.workflow import Event, State
-from bot.sandbox.stack import POLICY, REQUESTER, SECURITY_CHANNEL, start_bot
+from bot.sandbox.stack import APPROVER, POLICY, REQUESTER, SECURITY_CHANNEL, start_bot
 from bot.slack.ids import ActionId
 from bot.store import AccessRequest, AuditEvent, AuditHead, Store, audit, create_db_engine
 from tests.helpers import (
     JUSTIFICATION,
     click,
     credential_dm,
+    current,
     request_access,
     request_id_of,
     request_row,
@@ -375,3 +376,71 @@ def test_events_written_before_migration_0005_still_verify_and_are_never_pruned(
                 conn.execute(sa.text("UPDATE audit_event SET details = NULL WHERE seq = 1"))
     finally:
         engine.dispose()
+
+
+# ---- free text sealed at rest --------------------------------------------------------------
+
+SEALED = POLICY + "audit:\n  encrypt: transit/keys/bg-audit\n"
+
+
+def transit_token(backends) -> str:
+    """The bot's shipped policy plus the transit paths its file documents (uncommented)."""
+    root = backends.bao.client()
+    if "transit/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("transit", path="transit")
+    root.secrets.transit.create_key(name="bg-audit", mount_point="transit")
+    root.sys.create_or_update_policy(
+        "breakglass-transit",
+        'path "transit/encrypt/bg-audit" { capabilities = ["update"] }\n'
+        'path "transit/decrypt/bg-audit" { capabilities = ["update"] }\n',
+    )
+    created = root.auth.token.create(policies=["breakglass-bot", "breakglass-transit"], ttl="1h")
+    return created["auth"]["client_token"]
+
+
+def test_free_text_is_sealed_in_the_database_and_readable_in_slack(
+    backends, slack, clock, database_url, tmp_path
+):
+    from bot.sandbox.slack_fake import deny_values
+
+    bot = start_bot(
+        backends,
+        slack,
+        database_url,
+        clock=clock,
+        workdir=tmp_path,
+        policy_text=SEALED,
+        vault_token=transit_token(backends),
+    )
+    why, ticket, reason = JUSTIFICATION, "INC-90210", "Use the read replica, it has the data."
+    try:
+        parent = request_access(bot, slack, ticket=ticket)
+        click(bot, APPROVER, parent, ActionId.DENY)
+        r = bot.driver.submit_view(APPROVER, slack.views_opened()[-1], deny_values(reason))
+        assert r.status_code == 200 and r.text == ""
+        rid = request_id_of(parent)
+        # Slack shows them as typed: the card, and the thread's reply for the denial.
+        card = str(current(slack, parent).blocks)
+        assert why[:40] in card and ticket in card and reason in card
+        assert any(reason in m.text for m in slack.thread(parent.channel, parent.ts))
+        # The database holds none of them: every text column of every table.
+        dump = _every_text(bot.runtime.store)
+        for plain in (why[:30], reason[:20]):
+            assert plain not in dump, plain
+        row = request_row(bot, rid)
+        assert row.justification.startswith("sealed:transit/keys/bg-audit:vault:v1:")
+        # Verifying needs no key: no Vault in its environment at all.
+        verified = cli(database_url, "audit", "verify", env={"VAULT_ADDR": "", "VAULT_TOKEN": ""})
+        assert verified.returncode == 0, verified.stderr
+    finally:
+        bot.stop()
+
+
+def _every_text(store: Store) -> str:
+    """Every value of every column of every table, as one text."""
+    out = []
+    with store.engine.connect() as conn:
+        for table in sa.inspect(store.engine).get_table_names():
+            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):  # noqa: S608
+                out.append(" ".join(str(v) for v in row))
+    return "\n".join(out)

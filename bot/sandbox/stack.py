@@ -171,6 +171,7 @@ def start_bot(
     vault_addr: str | None = None,
     inline_outbox: bool = True,
     audit_signing_key: str | None = None,
+    vault_token: str | None = None,
 ) -> Bot:
     """Build the bot as `breakglass serve` does, pointed at the embedded parts (Vault at
     `vault_addr` when given: a FaultProxy in front of the embedded OpenBao)."""
@@ -181,7 +182,7 @@ def start_bot(
         slack_signing_secret=signing_secret,
         slack_api_url=slack.api_url,
         vault_addr=vault_addr or backends.bao.addr,
-        vault_token=backends.bot_token,
+        vault_token=vault_token or backends.bot_token,
         database_url=database_url,
         breakglass_config=(workdir or Path(".")) / "breakglass.yml",
         audit_signing_key=audit_signing_key,

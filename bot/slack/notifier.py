@@ -224,7 +224,8 @@ class SlackNotifier:
         if card.event is None:
             raise Impossible(f"audit event {payload['seq']} is gone")
         event = Event(card.event.action)
-        text, body = approval.thread_reply(card, event, payload["actor"], payload.get("note", ""))
+        note = self.core.sealer.open(payload.get("note", "")) or ""
+        text, body = approval.thread_reply(card, event, payload["actor"], note)
         self._call(
             "chat_postMessage", channel=req.channel, thread_ts=req.thread_ts, text=text, blocks=body
         )

@@ -17,6 +17,7 @@ from bot.usecases.reviews import Reviews
 from bot.usecases.stats import Stats
 from bot.usecases.trail import AuditTrail
 from providers import VaultBackend
+from providers.transit import Sealer
 
 __all__ = ["SYSTEM", "Breakglass", "Card", "Core", "Courier", "NotFound", "Timers"]
 
@@ -35,7 +36,15 @@ class Breakglass:
         clock: Clock = utcnow,
         signer: Ed25519PrivateKey | None = None,
     ):
-        self.core = Core(store, policy, backend, Effects(), timers or NoTimers(), clock)
+        self.core = Core(
+            store,
+            policy,
+            backend,
+            Effects(),
+            timers or NoTimers(),
+            clock,
+            Sealer(backend.client if backend is not None else None, policy.audit.encrypt),
+        )
         self.trail = AuditTrail(self.core, signer)
         self.reviews = Reviews(self.core)
         self.grants = Grants(self.core, courier, self.reviews)

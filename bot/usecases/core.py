@@ -16,6 +16,7 @@ from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, Store,
 from bot.usecases.effects import Effects
 from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
 from providers import VaultBackend
+from providers.transit import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class Core:
     effects: Effects
     timers: Timers = field(default_factory=NoTimers)
     clock: Clock = utcnow
+    # Free text at rest: sealed with Vault's transit key (audit.encrypt), or as typed.
+    sealer: Sealer = field(default_factory=lambda: Sealer(None))
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -59,6 +62,18 @@ class Core:
         denial = next((d for d in decisions if d.outcome == "deny"), None)
         grant = session.exec(select(Grant).where(Grant.request_id == request_id)).first()
         review = session.exec(select(Review).where(Review.request_id == request_id)).first()
+        # Shown opened: sealed texts are decrypted into copies, never into the stored rows.
+        stored = [
+            req.justification,
+            req.ticket,
+            denial.reason if denial else None,
+            review.notes if review else None,
+        ]
+        opened = self.sealer.open_many(stored)
+        if opened != stored:
+            req = _detached(req, justification=opened[0] or "", ticket=opened[1])
+            if review is not None:
+                review = _detached(review, notes=opened[3])
         resource = self.policy.resources.get(req.resource)
         if resource is None:  # removed from the policy since; show what we can
             resource = Resource(provider="unknown", approvers=["-"], description="(removed)")
@@ -68,7 +83,7 @@ class Core:
             approvers=sorted(self.policy.approver_ids(req.resource)),
             approvals=[d.approver for d in decisions if d.outcome == "approve"],
             denied_by=denial.approver if denial else None,
-            deny_reason=denial.reason if denial else None,
+            deny_reason=opened[2],
             grant=grant,
             review=review,
             reviewers=sorted(self.policy.reviewer_ids(req.resource) - {req.requester}),
@@ -212,3 +227,11 @@ class Core:
                 if event in CREDENTIAL_MESSAGE_EVENTS:
                     self.effects.credential_changed(session, request_id)
         return recorded
+
+
+def _detached(row: Any, **values: Any) -> Any:
+    """A copy of `row` outside any session, with `values`: what is shown, never stored."""
+    copy = type(row).model_validate(row.model_dump())
+    for name, value in values.items():
+        setattr(copy, name, value)
+    return copy

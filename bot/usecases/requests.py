@@ -105,6 +105,11 @@ class Requests:
             raise Refused("you are not among those who may ask for this resource")
         now = core.clock()
         placed = place(core.policy.windows, valid.resource, now)
+        # Sealed at rest (audit.encrypt) before any lock is taken: Vault is a network away.
+        # The ticket is an identifier (INC-1234), kept readable to join with the ticketing
+        # system; what people write is in the justification.
+        justification = core.sealer.seal(valid.justification) or ""
+        ticket = valid.ticket
         with core.store.transaction() as s:
             if submission_key is not None:
                 seen = s.exec(
@@ -117,8 +122,8 @@ class Requests:
                 requester=requester,
                 resource=valid.resource,
                 duration_seconds=int(valid.duration.total_seconds()),
-                justification=valid.justification,
-                ticket=valid.ticket,
+                justification=justification,
+                ticket=ticket,
                 emergency=valid.emergency,
                 # The rule in force when access was asked for: owed a review once it ends.
                 review_required=review_owed(
@@ -256,7 +261,7 @@ class Requests:
 
     def deny(self, request_id: int, actor: str, reason: str) -> AccessRequest:
         core = self.core
-        reason = check_reason(reason)
+        reason = core.sealer.seal(check_reason(reason)) or ""
         now = core.clock()
         with core.store.transaction() as s:
             req = core.lock(s, request_id)

@@ -103,6 +103,7 @@ class Reviews:
         submission again) is told who closed it."""
         core = self.core
         at = core.clock()
+        notes = core.sealer.seal(valid.notes)
         with core.store.transaction() as s:
             req = core.lock(s, request_id)  # the request first: one lock order everywhere
             review = self._review_of(s, request_id)
@@ -116,7 +117,7 @@ class Reviews:
                 .values(
                     reviewer=actor,
                     outcome=valid.outcome.value,
-                    notes=valid.notes,
+                    notes=notes,
                     reviewed_at=at,
                 )
             ).rowcount
@@ -127,8 +128,8 @@ class Reviews:
                 request_id,
                 Event.REVIEW_CLOSED,
                 actor,
-                {"outcome": valid.outcome.value, "notes": valid.notes},
-                note=valid.notes or "",
+                {"outcome": valid.outcome.value, "notes": notes},
+                note=notes or "",
             )
         core.timers.cancel(DEADLINE, request_id)
         log.info("request %s: reviewed by %s (%s)", request_id, actor, valid.outcome.value)

@@ -69,3 +69,14 @@ path "sys/wrapping/unwrap" {
 path "sys/wrapping/lookup" {
   capabilities = ["update"]
 }
+
+# Only with `audit: encrypt: transit/keys/breakglass` in the policy: free text (justification,
+# deny reasons, review notes) is stored encrypted with that transit key, and decrypted
+# only to be shown. Uncomment, with your mount and key name:
+#   bao secrets enable transit && bao write -f transit/keys/breakglass
+# path "transit/encrypt/breakglass" {
+#   capabilities = ["update"]
+# }
+# path "transit/decrypt/breakglass" {
+#   capabilities = ["update"]
+# }
