@@ -376,9 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from bot.logmask import install_crash_hooks
     from bot.runtime import quiet_secret_loggers
 
     quiet_secret_loggers()  # before any library logs: its payloads may carry secrets
+    install_crash_hooks()
     return args.func(args)
 
 
