@@ -235,8 +235,11 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from bot.logmask import install_crash_hooks
     from bot.policy import PolicyError, load_policy
     from bot.server import serve
+
+    install_crash_hooks()  # a crash's traceback is a log line too
 
     settings = _settings()
     problems = [f"environment: {p}" for p in settings.problems(serving=True)]
@@ -376,11 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from bot.logmask import install_crash_hooks
     from bot.runtime import quiet_secret_loggers
 
     quiet_secret_loggers()  # before any library logs: its payloads may carry secrets
-    install_crash_hooks()
     return args.func(args)
 
 

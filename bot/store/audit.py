@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, select
 
+from bot.domain.redaction import mask
 from bot.domain.workflow import Event
 from bot.store.tables import AuditEvent, AuditHead
 
@@ -23,7 +24,10 @@ _SAFE_KEY = re.compile(r"accessor$|_at$|_ttl$", re.IGNORECASE)
 
 
 def redact(value: Any) -> Any:
-    """Replace the values of keys that may hold secrets, at any depth."""
+    """Replace the values of keys that may hold secrets, at any depth; and mask the secrets
+    that free text (a reason, notes, an error) may hold in any string value."""
+    if isinstance(value, str):
+        return mask(value)
     if isinstance(value, dict):
         return {
             k: (

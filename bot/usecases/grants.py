@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 
 from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
+from bot.domain.redaction import mask
 from bot.domain.workflow import Event, Refused, State, check_revoker
 from bot.store import AccessRequest, Grant, OutboxEntry
 from bot.usecases.batch import Combined
@@ -612,7 +613,7 @@ class Grants:
                     revoke_attempts=grant.revoke_attempts + 1,
                     revoke_next_at=at + delay,
                     revoke_failing_since=since,
-                    revoke_error=error[:300],
+                    revoke_error=mask(error)[:300],
                     revoke_alerted=grant.revoke_alerted or stuck,
                 )
             )
@@ -693,7 +694,7 @@ def _owe(s: Session, grants: list[Grant], end: str, actor: str, note: str, at: d
         s.execute(
             update(Grant)
             .where(Grant.id.in_([g.id for g in grants]))  # type: ignore[union-attr]
-            .values(end_reason=end, ended_by=actor, end_note=note, revoke_next_at=at)
+            .values(end_reason=end, ended_by=actor, end_note=mask(note), revoke_next_at=at)
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -168,8 +169,10 @@ class Requests:
                     "window": req.window,
                     "outside_window": req.outside_window,
                     "flags": [f.to_json() for f in flags],
+                    **_masked_details(valid.masked),
                 },
             )
+            _tell_masked(core, s, request_id, requester, valid.masked)
             if valid.emergency:  # check_form refused it where the resource does not allow it
                 core.move(
                     s, req, Event.EMERGENCY, requester, {"review_required": True}, decided_at=now
@@ -256,7 +259,9 @@ class Requests:
 
     def deny(self, request_id: int, actor: str, reason: str) -> AccessRequest:
         core = self.core
-        reason = check_reason(reason)
+        checked = check_reason(reason)
+        reason = checked.text
+        masked = {"reason": checked.kinds} if checked.kinds else {}
         now = core.clock()
         with core.store.transaction() as s:
             req = core.lock(s, request_id)
@@ -279,7 +284,16 @@ class Requests:
                         decided_at=now,
                     )
                 )
-            core.move(s, req, Event.DENIED, actor, {"reason": reason}, note=reason, decided_at=now)
+            core.move(
+                s,
+                req,
+                Event.DENIED,
+                actor,
+                {"reason": reason, **_masked_details(masked)},
+                note=reason,
+                decided_at=now,
+            )
+            _tell_masked(core, s, request_id, actor, masked)
             core.effects.dm(
                 s,
                 request_id,
@@ -327,3 +341,22 @@ class Requests:
         except Refused:
             return False
         return True
+
+
+def _masked_details(masked: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """For the audit event: which fields had secrets masked, and of what kind (never what)."""
+    return {"masked": {k: list(v) for k, v in masked.items()}} if masked else {}
+
+
+def _tell_masked(
+    core: Core, s: Session, request_id: int, user: str, masked: dict[str, tuple[str, ...]]
+) -> None:
+    """Whoever pasted a secret is told, privately, that it was masked (and to rotate it)."""
+    if masked:
+        kinds = sorted({k for v in masked.values() for k in v})
+        core.effects.dm(
+            s,
+            request_id,
+            user,
+            Notice(NoticeKind.SECRETS_MASKED, request_id, {"where": list(masked), "kinds": kinds}),
+        )
