@@ -1,4 +1,4 @@
-"""The `breakglass` command: serve, check-config, migrate, audit verify/export, stats, demo."""
+"""The `breakglass` command: serve, check-config, migrate, audit verify/export/show, stats, demo."""
 
 from __future__ import annotations
 
@@ -93,6 +93,35 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from bot.audit_trail import trail_text
+    from bot.store import Store, create_db_engine
+
+    store = Store(create_db_engine(_settings().database_url))
+    try:
+        with store.read() as s:
+            text = trail_text(s, args.request_id)
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"cannot read the audit trail: {type(exc).__name__} (DATABASE_URL)", file=sys.stderr)
+        return 1
+    if text is None:
+        print(f"no request #{args.request_id} in this database", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+def _request_id(text: str) -> int:
+    from bot.domain.forms import BadInput, parse_request_id
+
+    try:
+        return parse_request_id(text)
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _figure(value: object, seconds: bool = False) -> str:
@@ -337,6 +366,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--request", type=int, help="only this request's events")
     e.add_argument("-o", "--output", help="file to write (default stdout)")
     e.set_defaults(func=cmd_audit_export)
+    sh = asub.add_parser(
+        "show", help="one request's whole trail, readable, with the hashes (exit 1 if none)"
+    )
+    sh.add_argument("request_id", type=_request_id, help="the request's id (12 or #12)")
+    sh.set_defaults(func=cmd_audit_show)
 
     st = sub.add_parser(
         "stats",

@@ -82,7 +82,7 @@ def notice_text(notice: Notice) -> str:
     if kind == NoticeKind.SECRETS_MASKED:
         where = " and ".join(f"the {FIELD_LABELS.get(w, w)}" for w in f.get("where", []))
         return (
-            f"Request #{rid}: {where} you typed looked like it held "
+            f"Request #{rid}: what you typed in {where} looked like it held "
             f"{describe(f.get('kinds', []))}. It was masked before anything was kept or posted "
             "(the card, the thread and the audit trail show `[redacted …]` in its place). If it "
             "was real, rotate it now: it was typed into Slack."

@@ -175,7 +175,17 @@ class Requests:
             _tell_masked(core, s, request_id, requester, valid.masked)
             if valid.emergency:  # check_form refused it where the resource does not allow it
                 core.move(
-                    s, req, Event.EMERGENCY, requester, {"review_required": True}, decided_at=now
+                    s,
+                    req,
+                    Event.EMERGENCY,
+                    requester,
+                    {
+                        "decision": "approve",
+                        "override": "emergency_self_approval",
+                        "review_required": True,
+                        "alerted": [core.policy.security_channel],
+                    },
+                    decided_at=now,
                 )
                 core.effects.alert(s, request_id, Notice(NoticeKind.EMERGENCY_ACCESS, request_id))
             else:
@@ -222,7 +232,12 @@ class Requests:
                     req,
                     Event.APPROVED,
                     actor,
-                    {"approvers": sorted(set(approvals))},
+                    {
+                        "decision": "approve",
+                        "approvers": sorted(set(approvals)),
+                        "approvals": len(set(approvals)),
+                        "needed": needed,
+                    },
                     decided_at=now,
                 )
             else:
@@ -231,7 +246,7 @@ class Requests:
                     request_id,
                     Event.APPROVAL_RECORDED,
                     actor,
-                    {"approvals": len(set(approvals)), "needed": needed},
+                    {"decision": "approve", "approvals": len(set(approvals)), "needed": needed},
                     note=f"{len(set(approvals))} of {needed} approvals",
                 )
         if approved:
@@ -289,7 +304,7 @@ class Requests:
                 req,
                 Event.DENIED,
                 actor,
-                {"reason": reason, **_masked_details(masked)},
+                {"decision": "deny", "reason": reason, **_masked_details(masked)},
                 note=reason,
                 decided_at=now,
             )
