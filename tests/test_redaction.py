@@ -290,3 +290,20 @@ def test_log_lines_pass_the_same_function(caplog):
         assert secret not in text
     assert "[redacted vault-token]" in text and "RuntimeError" in text
     assert caplog.records[1].exc_info is not None  # still an exception record
+
+
+def test_audit_details_mask_free_text_in_every_string_value():
+    from bot.store import audit
+
+    details = {
+        "reason": f"denied: never paste {LEGACY_SERVICE}",
+        "nested": {"notes": [f"{AWS_KEY_ID} {AWS_SECRET}", 3, None]},
+        "token_accessor": "szPmTWxciIPCvowFIcElKpwN",
+        "password": "hunter2",
+    }
+    assert audit.redact(details) == {
+        "reason": "denied: never paste [redacted vault-token]",
+        "nested": {"notes": ["[redacted aws-access-key-id] [redacted aws-secret-key]", 3, None]},
+        "token_accessor": "szPmTWxciIPCvowFIcElKpwN",
+        "password": "[redacted]",
+    }

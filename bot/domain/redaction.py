@@ -50,7 +50,7 @@ def _marker(kind: str) -> str:
 # masked up to the end of its base64.
 _PRIVATE_KEY = re.compile(
     r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----"
-    r"(?:[\s\S]*?-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=:,\s-]*)"
+    r"(?:[\s\S]{0,20000}?-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=:,\s-]*)"
 )
 # Incoming webhooks and workflow triggers: the path is the secret.
 _SLACK_WEBHOOK = re.compile(
@@ -90,9 +90,11 @@ _AUTHORIZATION = re.compile(
 )
 # name=value and name: value pairs whose name says the value is secret (quoted or not,
 # JSON and YAML included): password=, passwd:, pwd=, secret=, X-Vault-Token:, api_key=, ...
+# The name starts a word and its parts are bounded: a long run of word characters is tried
+# once, not once per position (mask runs on every log line; it must stay linear).
 _PAIR = re.compile(
-    r"(?i)(?P<key>[\w.-]*(?:passw(?:or)?d|passphrase|pwd|secret|token|api[_-]?key"
-    r"|access[_-]?key|private[_-]?key)[\w.-]*)"
+    r"(?i)(?<![\w.-])(?P<key>[\w.-]{0,40}?(?:passw(?:or)?d|passphrase|pwd|secret|token"
+    r"|api[_-]?key|access[_-]?key|private[_-]?key)[\w.-]{0,40}+)"
     r"(?P<sep>[\"']?\s*(?:=>|[:=])\s*)"
     r"(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)"
 )
