@@ -1,4 +1,4 @@
-"""The `breakglass` command: serve, check-config, migrate, audit verify/export, stats, demo."""
+"""The `breakglass` command: serve, check-config, migrate, audit verify/export/show, stats, demo."""
 
 from __future__ import annotations
 
@@ -223,6 +223,44 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from bot.audit_trail import trail_text
+    from bot.store import Store, create_db_engine
+
+    settings = _settings()
+    store = Store(create_db_engine(settings.database_url))
+    opener = None
+    if settings.vault_addr:  # sealed texts (audit.encrypt) are opened with the bot's Vault
+        import hvac
+
+        from providers.transit import Sealer
+
+        token = settings.vault_token.get_secret_value() if settings.vault_token else None
+        opener = Sealer(hvac.Client(url=settings.vault_addr, token=token)).open_many
+    try:
+        with store.read() as s:
+            text = trail_text(s, args.request_id, opener)
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"cannot read the audit trail: {type(exc).__name__} (DATABASE_URL)", file=sys.stderr)
+        return 1
+    if text is None:
+        print(f"no request #{args.request_id} in this database", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+def _request_id(text: str) -> int:
+    from bot.domain.forms import BadInput, parse_request_id
+
+    try:
+        return parse_request_id(text)
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _figure(value: object, seconds: bool = False) -> str:
     from datetime import timedelta
 
@@ -363,8 +401,11 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from bot.logmask import install_crash_hooks
     from bot.policy import PolicyError, load_policy
     from bot.server import serve
+
+    install_crash_hooks()  # a crash's traceback is a log line too
 
     settings = _settings()
     problems = [f"environment: {p}" for p in settings.problems(serving=True)]
@@ -495,6 +536,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--request", type=int, help="only this request's events")
     e.add_argument("-o", "--output", help="file to write (default stdout)")
     e.set_defaults(func=cmd_audit_export)
+    sh = asub.add_parser(
+        "show", help="one request's whole trail, readable, with the hashes (exit 1 if none)"
+    )
+    sh.add_argument("request_id", type=_request_id, help="the request's id (12 or #12)")
+    sh.set_defaults(func=cmd_audit_show)
 
     st = sub.add_parser(
         "stats",

@@ -14,7 +14,7 @@ from flask import Flask
 from slack_bolt import App
 from slack_sdk import WebClient
 
-from bot import metrics, migrate
+from bot import logmask, metrics, migrate
 from bot.policy import Policy, load_policy
 from bot.scheduler import Scheduler
 from bot.settings import Settings
@@ -44,7 +44,9 @@ def _no_library_debug(record: logging.LogRecord) -> bool:
 def quiet_secret_loggers() -> None:
     """Drop those libraries' DEBUG records whatever level anyone sets, in HTTP and Socket Mode
     alike: on their loggers (Bolt copies the root's level into each of its own) and on every
-    handler of the root logger, which sees what child loggers propagate."""
+    handler of the root logger, which sees what child loggers propagate. And every record
+    made from now on, by any logger, passes the redaction function (`bot.logmask`)."""
+    logmask.install()
     for name in (*_TALKATIVE, "slack_sdk.web.base_client", "slack_sdk.socket_mode"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)

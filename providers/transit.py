@@ -31,8 +31,8 @@ def parse_key_path(path: str) -> tuple[str, str]:
     return m["mount"], m["key"]
 
 
-def is_sealed(text: str | None) -> bool:
-    return bool(text) and text.startswith(PREFIX)  # type: ignore[union-attr]
+def is_sealed(text: object) -> bool:
+    return isinstance(text, str) and text.startswith(PREFIX)
 
 
 class Sealer:

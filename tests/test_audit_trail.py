@@ -403,6 +403,7 @@ def test_free_text_is_sealed_in_the_database_and_readable_in_slack(
 ):
     from bot.sandbox.slack_fake import deny_values
 
+    token = transit_token(backends)
     bot = start_bot(
         backends,
         slack,
@@ -410,7 +411,7 @@ def test_free_text_is_sealed_in_the_database_and_readable_in_slack(
         clock=clock,
         workdir=tmp_path,
         policy_text=SEALED,
-        vault_token=transit_token(backends),
+        vault_token=token,
     )
     why, ticket, reason = JUSTIFICATION, "INC-90210", "Use the read replica, it has the data."
     try:
@@ -430,8 +431,16 @@ def test_free_text_is_sealed_in_the_database_and_readable_in_slack(
         row = request_row(bot, rid)
         assert row.justification.startswith("sealed:transit/keys/bg-audit:vault:v1:")
         # Verifying needs no key: no Vault in its environment at all.
-        verified = cli(database_url, "audit", "verify", env={"VAULT_ADDR": "", "VAULT_TOKEN": ""})
+        no_vault = {"VAULT_ADDR": "", "VAULT_TOKEN": ""}
+        verified = cli(database_url, "audit", "verify", env=no_vault)
         assert verified.returncode == 0, verified.stderr
+        # `audit show` opens them with the bot's Vault, and says "(sealed)" without one.
+        vault = {"VAULT_ADDR": backends.bao.addr, "VAULT_TOKEN": token}
+        shown = cli(database_url, "audit", "show", str(rid), env=vault)
+        assert shown.returncode == 0, shown.stderr
+        assert f"Justification: {why}" in shown.stdout and f"reason: {reason}" in shown.stdout
+        blind = cli(database_url, "audit", "show", str(rid), env=no_vault)
+        assert "Justification: (sealed)" in blind.stdout and why[:30] not in blind.stdout
     finally:
         bot.stop()
 

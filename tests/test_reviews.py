@@ -216,7 +216,11 @@ def test_a_reviewer_closes_it_once(bot, slack, clock):
             )
         ).one()
     assert closed.actor == APPROVER
-    assert json.loads(closed.details) == {"outcome": "needs_follow_up", "notes": notes}
+    assert json.loads(closed.details) == {
+        "resource": "prod-db",
+        "outcome": "needs_follow_up",
+        "notes": notes,
+    }
     reply = thread_texts(slack, parent)[-1]
     assert f"Reviewed by <@{APPROVER}>: *needs follow-up*" in reply
     assert "&lt;!channel&gt;" in reply and "<!channel>" not in reply

@@ -4,10 +4,11 @@ message the person reads (an inline field error or an ephemeral reply)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from bot.domain.durations import DurationError, parse_duration
+from bot.domain.redaction import Redacted, scan
 from bot.domain.workflow import Refused, check_duration
 from bot.policy import Policy
 
@@ -44,9 +45,11 @@ class RequestForm:
 class ValidRequest:
     resource: str
     duration: timedelta
-    justification: str
+    justification: str  # secrets pasted into it masked, as every free text the bot keeps
     ticket: str | None
     emergency: bool
+    # What was masked, by field name: the kinds of secret ("vault-token", ...).
+    masked: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def parse_request_id(text: object) -> int:
@@ -72,15 +75,24 @@ def text_problem(value: str, limit: int) -> str | None:
     return None
 
 
-def check_reason(reason: object) -> str:
-    """A deny reason as typed: stripped, not empty, storable."""
+def masked_text(text: str, limit: int) -> Redacted:
+    """Free text as the bot keeps it: secrets masked, and no longer than `limit` (a marker
+    can be longer than the secret it replaces)."""
+    result = scan(text)
+    if len(result.text) > limit:
+        return Redacted(result.text[: limit - 1] + "\u2026", result.kinds)
+    return result
+
+
+def check_reason(reason: object) -> Redacted:
+    """A deny reason as typed: stripped, not empty, storable; secrets in it masked."""
     text = reason.strip() if isinstance(reason, str) else ""
     if not text:
         raise BadInput("say why you deny it")
     problem = text_problem(text, MAX_REASON)
     if problem:
         raise BadInput(problem.rstrip("."))
-    return text
+    return masked_text(text, MAX_REASON)
 
 
 def check_form(policy: Policy, form: RequestForm) -> tuple[ValidRequest | None, dict[str, str]]:
@@ -119,4 +131,18 @@ def check_form(policy: Policy, form: RequestForm) -> tuple[ValidRequest | None, 
     if errors:
         return None, errors
     assert res is not None and duration is not None and name
-    return ValidRequest(name, duration, justification, ticket, bool(form.emergency)), {}
+    kept = masked_text(justification, MAX_JUSTIFICATION)
+    kept_ticket = masked_text(ticket, MAX_TICKET) if ticket else None
+    masked = {
+        where: result.kinds
+        for where, result in (("justification", kept), ("ticket", kept_ticket))
+        if result is not None and result.kinds
+    }
+    return ValidRequest(
+        name,
+        duration,
+        kept.text,
+        kept_ticket.text if kept_ticket else None,
+        bool(form.emergency),
+        masked,
+    ), {}

@@ -17,6 +17,8 @@ class NoticeKind(StrEnum):
     ACCESS_ENDED = "access_ended"  # resource, how (expired | revoked), by
     NOT_RECORDED = "not_recorded"  # reason
     CREDENTIAL_REISSUED = "credential_reissued"  # resource
+    # to whoever typed it, privately: what looked like a secret was masked before it was kept
+    SECRETS_MASKED = "secrets_masked"  # where (field names), kinds
     # to each reviewer, privately
     REVIEW_OVERDUE = "review_overdue"  # resource, requester, due_at
     # to the security channel, loudly

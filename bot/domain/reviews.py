@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.domain.forms import text_problem
+from bot.domain.forms import masked_text, text_problem
 from bot.domain.workflow import Refused
 from bot.policy import Resource
 
@@ -39,7 +39,8 @@ class AlreadyReviewed(Refused):
 @dataclass(frozen=True)
 class ValidReview:
     outcome: Outcome
-    notes: str | None
+    notes: str | None  # secrets pasted into them masked
+    masked: tuple[str, ...] = ()  # the kinds of secret masked in the notes
 
 
 def review_owed(*, emergency: bool, review_required: bool, resource: Resource | None) -> bool:
@@ -77,4 +78,5 @@ def check_review(outcome: object, notes: object) -> tuple[ValidReview | None, di
     if errors:
         return None, errors
     assert chosen is not None
-    return ValidReview(chosen, text or None), {}
+    kept = masked_text(text, MAX_NOTES)
+    return ValidReview(chosen, kept.text or None, kept.kinds), {}

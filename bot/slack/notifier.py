@@ -17,6 +17,7 @@ from sqlalchemy import update
 from bot.chart import draw_events_chart
 from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
+from bot.domain.redaction import describe
 from bot.domain.workflow import Event
 from bot.slack.approval import blocks as approval
 from bot.slack.client import retry_after
@@ -31,6 +32,14 @@ from bot.usecases.effects import Handler, Impossible, Later
 from bot.usecases.ports import Card
 
 log = logging.getLogger(__name__)
+
+# Free-text fields, as a person knows them.
+FIELD_LABELS = {
+    "justification": "justification",
+    "ticket": "ticket",
+    "reason": "deny reason",
+    "notes": "review notes",
+}
 
 
 def notice_text(notice: Notice) -> str:
@@ -69,6 +78,14 @@ def notice_text(notice: Notice) -> str:
         return (
             f"Your credential for access #{rid} to {resource} could not be shown to you, so it "
             "was revoked; a fresh one follows in a new message."
+        )
+    if kind == NoticeKind.SECRETS_MASKED:
+        where = " and ".join(f"the {FIELD_LABELS.get(w, w)}" for w in f.get("where", []))
+        return (
+            f"Request #{rid}: what you typed in {where} looked like it held "
+            f"{describe(f.get('kinds', []))}. It was masked before anything was kept or posted "
+            "(the card, the thread and the audit trail show `[redacted …]` in its place). If it "
+            "was real, rotate it now: it was typed into Slack."
         )
     if kind == NoticeKind.REVIEW_OVERDUE:
         due = datetime.fromisoformat(f["due_at"])

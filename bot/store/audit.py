@@ -15,6 +15,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from bot.domain.anchors import Anchor
+from bot.domain.redaction import mask
 from bot.domain.workflow import Event
 from bot.store.tables import AuditEvent, AuditHead
 
@@ -25,7 +26,10 @@ _SAFE_KEY = re.compile(r"accessor$|_at$|_ttl$", re.IGNORECASE)
 
 
 def redact(value: Any) -> Any:
-    """Replace the values of keys that may hold secrets, at any depth."""
+    """Replace the values of keys that may hold secrets, at any depth; and mask the secrets
+    that free text (a reason, notes, an error) may hold in any string value."""
+    if isinstance(value, str):
+        return mask(value)
     if isinstance(value, dict):
         return {
             k: (

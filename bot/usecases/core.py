@@ -202,6 +202,17 @@ class Core:
             session, [(request_id, event, actor, details or {}, note)], thread=thread
         )[0]
 
+    @staticmethod
+    def _with_resource(
+        session: Session, request_id: int | None, details: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Every request event names its resource, so each event reads on its own (an export
+        filtered by resource, a SIEM rule). The request is in the session already."""
+        if request_id is None or "resource" in details:
+            return details
+        req = session.get(AccessRequest, request_id)
+        return {"resource": req.resource, **details} if req is not None else details
+
     def record_many(
         self,
         session: Session,
@@ -215,7 +226,7 @@ class Core:
         recorded = audit.append_many(
             session,
             [
-                audit.NewEvent(at, who, event, rid, details)
+                audit.NewEvent(at, who, event, rid, self._with_resource(session, rid, details))
                 for rid, event, who, details, _ in entries
             ],
         )

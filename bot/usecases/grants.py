@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 
 from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
+from bot.domain.redaction import mask
 from bot.domain.workflow import Event, Refused, State, check_revoker
 from bot.store import AccessRequest, Grant, OutboxEntry
 from bot.usecases.batch import Combined
@@ -389,7 +390,17 @@ class Grants:
         try:
             with core.store.transaction() as s:
                 req = core.lock(s, request_id)
-                core.record(s, request_id, Event.REVEAL_TAMPER, actor, {"reason": TAMPER_REASON})
+                core.record(
+                    s,
+                    request_id,
+                    Event.REVEAL_TAMPER,
+                    actor,
+                    {
+                        "reason": TAMPER_REASON,
+                        "alerted": [core.policy.security_channel],
+                        "response": "access revoked",
+                    },
+                )
                 core.effects.alert(s, request_id, Notice(NoticeKind.TAMPER, request_id))
                 self._begin_end(s, req, Event.REVOKED, SYSTEM, TAMPER_REASON)
         except Refused:
@@ -480,7 +491,12 @@ class Grants:
         # Audited, but not posted: Slack hears when it is done, or when Vault does not answer
         # (a revocation normally takes milliseconds; a reply for each half is noise).
         self.core.move(
-            s, req, Event.ENDING, actor, {"end": event.value, "reason": reason}, thread=False
+            s,
+            req,
+            Event.ENDING,
+            actor,
+            {"end": event.value, "reason": reason, **_override(reason)},
+            thread=False,
         )
         _owe(s, [grant], event.value, actor, reason, now(self.core))
         return grant
@@ -612,7 +628,7 @@ class Grants:
                     revoke_attempts=grant.revoke_attempts + 1,
                     revoke_next_at=at + delay,
                     revoke_failing_since=since,
-                    revoke_error=error[:300],
+                    revoke_error=mask(error)[:300],
                     revoke_alerted=grant.revoke_alerted or stuck,
                 )
             )
@@ -626,7 +642,11 @@ class Grants:
                     request_id,
                     Event.REVOCATION_STUCK,
                     SYSTEM,
-                    {"error": error, "since": since.isoformat()},
+                    {
+                        "error": error,
+                        "since": since.isoformat(),
+                        "alerted": [core.policy.security_channel],
+                    },
                     thread=False,
                 )
                 core.effects.alert(
@@ -693,7 +713,7 @@ def _owe(s: Session, grants: list[Grant], end: str, actor: str, note: str, at: d
         s.execute(
             update(Grant)
             .where(Grant.id.in_([g.id for g in grants]))  # type: ignore[union-attr]
-            .values(end_reason=end, ended_by=actor, end_note=note, revoke_next_at=at)
+            .values(end_reason=end, ended_by=actor, end_note=mask(note), revoke_next_at=at)
         )
 
 
@@ -705,7 +725,12 @@ def _ended_details(grant: Grant) -> dict[str, Any]:
     }
     if grant.revoke_failing_since:
         details["pending_since"] = grant.revoke_failing_since.isoformat()
-    return details
+    return {**details, **_override(grant.end_note)}
+
+
+def _override(reason: str | None) -> dict[str, Any]:
+    """An end the system forced rather than a person or the clock: named for the audit."""
+    return {"override": "tamper_revoke"} if reason == TAMPER_REASON else {}
 
 
 def _why(exc: Exception, request_id: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -173,11 +174,23 @@ class Requests:
                     "window": req.window,
                     "outside_window": req.outside_window,
                     "flags": [f.to_json() for f in flags],
+                    **_masked_details(valid.masked),
                 },
             )
+            _tell_masked(core, s, request_id, requester, valid.masked)
             if valid.emergency:  # check_form refused it where the resource does not allow it
                 core.move(
-                    s, req, Event.EMERGENCY, requester, {"review_required": True}, decided_at=now
+                    s,
+                    req,
+                    Event.EMERGENCY,
+                    requester,
+                    {
+                        "decision": "approve",
+                        "override": "emergency_self_approval",
+                        "review_required": True,
+                        "alerted": [core.policy.security_channel],
+                    },
+                    decided_at=now,
                 )
                 core.effects.alert(s, request_id, Notice(NoticeKind.EMERGENCY_ACCESS, request_id))
             else:
@@ -224,7 +237,12 @@ class Requests:
                     req,
                     Event.APPROVED,
                     actor,
-                    {"approvers": sorted(set(approvals))},
+                    {
+                        "decision": "approve",
+                        "approvers": sorted(set(approvals)),
+                        "approvals": len(set(approvals)),
+                        "needed": needed,
+                    },
                     decided_at=now,
                 )
             else:
@@ -233,7 +251,7 @@ class Requests:
                     request_id,
                     Event.APPROVAL_RECORDED,
                     actor,
-                    {"approvals": len(set(approvals)), "needed": needed},
+                    {"decision": "approve", "approvals": len(set(approvals)), "needed": needed},
                     note=f"{len(set(approvals))} of {needed} approvals",
                 )
         if approved:
@@ -261,7 +279,9 @@ class Requests:
 
     def deny(self, request_id: int, actor: str, reason: str) -> AccessRequest:
         core = self.core
-        reason = core.sealer.seal(check_reason(reason)) or ""
+        checked = check_reason(reason)
+        reason = core.sealer.seal(checked.text) or ""
+        masked = {"reason": checked.kinds} if checked.kinds else {}
         now = core.clock()
         with core.store.transaction() as s:
             req = core.lock(s, request_id)
@@ -284,7 +304,16 @@ class Requests:
                         decided_at=now,
                     )
                 )
-            core.move(s, req, Event.DENIED, actor, {"reason": reason}, note=reason, decided_at=now)
+            core.move(
+                s,
+                req,
+                Event.DENIED,
+                actor,
+                {"decision": "deny", "reason": reason, **_masked_details(masked)},
+                note=reason,
+                decided_at=now,
+            )
+            _tell_masked(core, s, request_id, actor, masked)
             core.effects.dm(
                 s,
                 request_id,
@@ -332,3 +361,22 @@ class Requests:
         except Refused:
             return False
         return True
+
+
+def _masked_details(masked: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """For the audit event: which fields had secrets masked, and of what kind (never what)."""
+    return {"masked": {k: list(v) for k, v in masked.items()}} if masked else {}
+
+
+def _tell_masked(
+    core: Core, s: Session, request_id: int, user: str, masked: dict[str, tuple[str, ...]]
+) -> None:
+    """Whoever pasted a secret is told, privately, that it was masked (and to rotate it)."""
+    if masked:
+        kinds = sorted({k for v in masked.values() for k in v})
+        core.effects.dm(
+            s,
+            request_id,
+            user,
+            Notice(NoticeKind.SECRETS_MASKED, request_id, {"where": list(masked), "kinds": kinds}),
+        )

@@ -128,9 +128,24 @@ class Reviews:
                 request_id,
                 Event.REVIEW_CLOSED,
                 actor,
-                {"outcome": valid.outcome.value, "notes": notes},
+                {
+                    "outcome": valid.outcome.value,
+                    "notes": notes,
+                    **({"masked": {"notes": list(valid.masked)}} if valid.masked else {}),
+                },
                 note=notes or "",
             )
+            if valid.masked:
+                core.effects.dm(
+                    s,
+                    request_id,
+                    actor,
+                    Notice(
+                        NoticeKind.SECRETS_MASKED,
+                        request_id,
+                        {"where": ["notes"], "kinds": sorted(valid.masked)},
+                    ),
+                )
         core.timers.cancel(DEADLINE, request_id)
         log.info("request %s: reviewed by %s (%s)", request_id, actor, valid.outcome.value)
         with core.store.read() as s:

@@ -1,0 +1,79 @@
+"""Every log line passes the redaction function: records are masked when they are made.
+
+A filter on the root handlers would miss handlers that libraries keep for themselves (gunicorn
+has its own, that do not propagate) and handlers added later (a test's capture, an operator's
+file handler). The record factory sees every record of every logger, once, before any handler:
+the message with its arguments, the exception text (traceback included) and the stack are
+masked there, so whichever handler and formatter writes the record, no secret is in it.
+Crashes outside logging (an exception that ends a thread or the process) go through the same
+function before they are printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import traceback
+from types import TracebackType
+from typing import Any
+
+from bot.domain.redaction import mask
+
+_FORMATTER = logging.Formatter()
+
+
+def mask_record(record: logging.LogRecord) -> logging.LogRecord:
+    """The record, its text masked in place: message (arguments merged), exception, stack."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: logging itself would print the raw args
+        message = f"{record.msg} {record.args!r}"
+    record.msg = mask(str(message))
+    record.args = None
+    if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+        # Formatters use `exc_text` when it is set, rather than formatting the exception anew.
+        record.exc_text = mask(_FORMATTER.formatException(record.exc_info))
+    elif record.exc_text:
+        record.exc_text = mask(record.exc_text)
+    if record.stack_info:
+        record.stack_info = mask(record.stack_info)
+    return record
+
+
+class _MaskingFactory:
+    """Wraps the record factory that was in place; installing twice wraps once."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        return mask_record(self.inner(*args, **kwargs))
+
+
+def _print_masked(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    text = "".join(traceback.format_exception(kind, value, tb))
+    sys.stderr.write(mask(text))
+
+
+def _thread_hook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    sys.stderr.write(f"Exception in thread {name}:\n")
+    _print_masked(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+
+
+def install() -> None:
+    """Mask every log record from now on; idempotent."""
+    if not isinstance(logging.getLogRecordFactory(), _MaskingFactory):
+        logging.setLogRecordFactory(_MaskingFactory(logging.getLogRecordFactory()))
+
+
+def install_crash_hooks() -> None:
+    """Mask the uncaught exceptions the interpreter prints (the process's own set-up only: a
+    test runner keeps its own hooks)."""
+    sys.excepthook = _print_masked
+    threading.excepthook = _thread_hook
