@@ -4,6 +4,7 @@ changes (a conditional UPDATE plus exactly one audit event, in the caller's tran
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlmodel import Session, select
 
 from bot.domain.workflow import Event, Refused, State, transition
 from bot.policy import Policy, Resource
-from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, Store, audit
+from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, Store, audit, outbox
 from bot.usecases.effects import Effects
 from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
 from providers import VaultBackend
@@ -37,6 +38,8 @@ class Core:
     effects: Effects
     timers: Timers = field(default_factory=NoTimers)
     clock: Clock = utcnow
+    # Called once a transaction that wrote audit events committed (the forwarders' wake).
+    on_audit: Callable[[], None] | None = None
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -204,6 +207,8 @@ class Core:
                 for rid, event, who, details, _ in entries
             ],
         )
+        if self.on_audit is not None:
+            outbox.wake_after_commit(session, self.on_audit)
         for (request_id, event, actor, _, note), done in zip(entries, recorded, strict=True):
             if thread and request_id is not None:
                 # The card first: the very first reply needs the card it hangs under.
