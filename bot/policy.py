@@ -385,7 +385,7 @@ def parse_policy(text: str, file: str | None = None) -> Policy:
     seen = {p.path for p in problems}
     problems += [
         Problem(_dotted(path), message, _nearest_line(lines, path), file)
-        for path, message in _cross_checks(checked)
+        for path, message in [*_cross_checks(checked), *_forward_checks(data)]
         if _dotted(path) not in seen
     ]
     if problems or policy is None:
@@ -479,25 +479,32 @@ def _cross_checks(policy: Policy) -> list[tuple[tuple, str]]:
                 found.append(
                     (("maintenance_windows", i, "resources", j), f"no resource named {resource!r}")
                 )
-    found += _forward_checks(policy)
     return found
 
 
-def _forward_checks(policy: Policy) -> list[tuple[tuple, str]]:
+def _forward_checks(data: dict) -> list[tuple[tuple, str]]:
     """Sink names used once; each webhook's secret present in the environment (read where
-    the bot runs: `check-config` there tells)."""
+    the bot runs: `check-config` there tells). On the raw file, so that these are reported
+    in the same run as any other problem of the same entries."""
     import os
 
+    audit = data.get("audit")
+    forward = audit.get("forward") if isinstance(audit, dict) else None
+    if not isinstance(forward, list):
+        return []
     found: list[tuple[tuple, str]] = []
-    audit = policy.audit if isinstance(policy.audit, AuditSettings) else AuditSettings()
     names: set[str] = set()
-    for i, sink in enumerate(audit.forward):
-        if sink.name in names:
-            found.append((("audit", "forward", i, "name"), f"{sink.name!r} is used twice"))
-        names.add(sink.name)
-        if sink.webhook is None:
+    for i, sink in enumerate(forward):
+        if not isinstance(sink, dict):
             continue
-        var = sink.webhook.secret_env
+        name = sink.get("name")
+        if isinstance(name, str) and name in names:
+            found.append((("audit", "forward", i, "name"), f"{name!r} is used twice"))
+        names.add(name)  # type: ignore[arg-type]
+        webhook = sink.get("webhook")
+        var = webhook.get("secret_env") if isinstance(webhook, dict) else None
+        if not isinstance(var, str) or not ENV_NAME.match(var):
+            continue  # missing or malformed: reported by the schema check
         secret = os.environ.get(var)
         where = ("audit", "forward", i, "webhook", "secret_env")
         if secret is None:
