@@ -16,6 +16,8 @@ from bot.store.tables import AuditEvent, Store
 
 _TABLE: sa.Table = AuditEvent.__table__  # type: ignore[attr-defined]
 _NAMES = tuple(c.name for c in _TABLE.columns)
+_loads = json.JSONDecoder().decode
+_dumps = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per line
 BATCH = 2000  # rows per round trip; what is held in memory at once
 
 # The CSV's columns, a stable contract: `details` is the canonical JSON of the event's details
@@ -37,14 +39,10 @@ CSV_COLUMNS = (
 def as_dict(row: Any) -> dict[str, Any]:
     """One stored event as `audit.export` spells it: every column in the table's order, the
     time in ISO 8601, the details parsed (None once pruned)."""
-    out: dict[str, Any] = {}
-    for name in _NAMES:
-        value = getattr(row, name)
-        if name == "at":
-            value = value.isoformat()
-        elif name == "details":
-            value = None if value is None else json.loads(value)
-        out[name] = value
+    out = dict(zip(_NAMES, row, strict=True))
+    out["at"] = out["at"].isoformat()
+    details = out["details"]
+    out["details"] = None if details is None else _loads(details)
     return out
 
 
@@ -101,7 +99,7 @@ def write_jsonl(out: IO[str], items: Iterable[dict[str, Any]]) -> int:
     """One JSON object per line, keys in the event's own order; returns how many."""
     n = 0
     for event in items:
-        out.write(json.dumps(event, ensure_ascii=False) + "\n")
+        out.write(_dumps(event) + "\n")
         n += 1
     return n
 
