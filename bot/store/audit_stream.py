@@ -11,13 +11,14 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
-from bot.store import audit
 from bot.store.tables import AuditEvent, Store
 
 _TABLE: sa.Table = AuditEvent.__table__  # type: ignore[attr-defined]
 _NAMES = tuple(c.name for c in _TABLE.columns)
 _loads = json.JSONDecoder().decode
 _dumps = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per line
+# audit.canonical's spelling, with one encoder for the whole export.
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 BATCH = 2000  # rows per round trip; what is held in memory at once
 
 # The CSV's columns, a stable contract: `details` is the canonical JSON of the event's details
@@ -112,7 +113,7 @@ def csv_row(event: dict[str, Any]) -> list[Any]:
         event["actor"],
         event["action"],
         "" if event.get("request_id") is None else event["request_id"],
-        "" if details is None else audit.canonical(details),
+        "" if details is None else _canonical(details),
         event.get("details_hash") or "",
         event["prev_hash"],
         event["hash"],
