@@ -209,17 +209,62 @@ def cmd_audit_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from bot.store import Store, audit, create_db_engine
+    import os
 
-    store = Store(create_db_engine(_settings().database_url))
-    out = open(args.output, "w") if args.output else sys.stdout
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.domain.periods import PeriodError, parse_bound
+    from bot.store import Store, audit_stream, create_db_engine
+    from bot.usecases.ports import utcnow
+
+    now = utcnow()
     try:
-        with store.read() as s:
-            for event in audit.export(s, args.request):
-                out.write(json.dumps(event, sort_keys=True) + "\n")
-    finally:
-        if out is not sys.stdout:
+        since = parse_bound(args.since, now) if args.since else None
+        until = parse_bound(args.until, now) if args.until else None
+    except PeriodError as exc:
+        print(f"breakglass audit export: {exc}", file=sys.stderr)
+        return 2
+    if since is not None and until is not None and since >= until:
+        print(
+            f"breakglass audit export: --since ({since.isoformat(timespec='seconds')}) is at "
+            f"or after --until ({until.isoformat(timespec='seconds')})",
+            file=sys.stderr,
+        )
+        return 2
+    write = audit_stream.write_csv if args.format == "csv" else audit_stream.write_jsonl
+    engine = create_db_engine(_settings().database_url)
+    # A file is written beside its name and renamed once complete: an archive is never half.
+    partial = f"{args.output}.partial" if args.output else None
+    try:
+        out = open(partial, "w", newline="", encoding="utf-8") if partial else sys.stdout
+    except OSError as exc:
+        print(f"breakglass audit export: cannot write {partial}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        items = audit_stream.events(
+            Store(engine), since=since, until=until, request_id=args.request
+        )
+        count = write(out, items)
+        if partial:
             out.close()
+            os.replace(partial, args.output)
+    except SQLAlchemyError as exc:
+        kind = type(getattr(exc, "orig", None) or exc).__name__
+        print(
+            f"breakglass audit export: cannot read the database ({kind}); check DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
+        print(f"breakglass audit export: cannot write: {exc.strerror}", file=sys.stderr)
+        return 1
+    finally:
+        if partial and not out.closed:
+            out.close()
+            Path(partial).unlink(missing_ok=True)
+        engine.dispose()
+    if args.output:
+        print(f"{count} event(s) written to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -532,9 +577,18 @@ def parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--dry-run", action="store_true", help="count, change nothing")
     pr.set_defaults(func=cmd_audit_prune)
-    e = asub.add_parser("export", help="events as JSON Lines")
+    e = asub.add_parser(
+        "export",
+        help="events as JSON Lines or CSV, oldest first",
+        description="Write the audit events (oldest first, streamed: any number of them) as "
+        "JSON Lines or CSV. Times: a duration ago (30d, 12h) or an ISO date or datetime (UTC "
+        "unless it says otherwise); without them, every event.",
+    )
+    e.add_argument("--since", help="events at or after this time (default: the first)")
+    e.add_argument("--until", help="events before this time (default: the last)")
+    e.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     e.add_argument("--request", type=int, help="only this request's events")
-    e.add_argument("-o", "--output", help="file to write (default stdout)")
+    e.add_argument("-o", "--out", "--output", dest="output", help="file to write (default stdout)")
     e.set_defaults(func=cmd_audit_export)
     sh = asub.add_parser(
         "show", help="one request's whole trail, readable, with the hashes (exit 1 if none)"

@@ -77,6 +77,7 @@ class DatabaseCollector(Collector):
                 "Post-incident reviews not closed past their due time",
                 value=sum(overdue for _, _, overdue in backlog),
             )
+            yield from _forwarding(stats, c)
             yield _histogram(
                 stats,
                 c,
@@ -93,6 +94,30 @@ class DatabaseCollector(Collector):
                 "From a grant's expiry to Vault confirming it ended, for grants that expired",
                 LATENESS_BUCKETS,
             )
+
+
+def _forwarding(stats: Stats, c: object) -> Iterator[Metric]:
+    """Per audit sink: events written and not yet received, and whether it is failing."""
+    from bot.store import cursors
+
+    sinks = [s.name for s in stats.policy.audit.forward] if stats.policy else []
+    if not sinks:
+        return
+    lag = GaugeMetricFamily(
+        "breakglass_forward_lag_events",
+        "Audit events written and not yet received by the sink",
+        labels=["sink"],
+    )
+    failing = GaugeMetricFamily(
+        "breakglass_forward_failing",
+        "1 while the sink does not take the events (see /readyz for why), else 0",
+        labels=["sink"],
+    )
+    for st in cursors.status(c, sinks):  # type: ignore[arg-type]
+        lag.add_metric([st.sink], st.lag)
+        failing.add_metric([st.sink], 1 if st.failing_since else 0)
+    yield lag
+    yield failing
 
 
 def _histogram(

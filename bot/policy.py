@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from bot.domain.durations import DurationError, parse_duration
 from bot.domain.windows import Window, check_cron, check_timezone
@@ -120,6 +127,106 @@ def _transit_key(value: Any) -> str:
     return value
 
 
+SINK_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$", re.ASCII)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", re.ASCII)
+PRINTABLE_ASCII = re.compile(r"^[!-~]+$", re.ASCII)  # RFC 5424's PRINTUSASCII, no space
+SECRET_MIN = 16  # characters in a webhook's shared secret
+# RFC 5424, 6.2.1: facility names as syslog(3) spells them, and their codes.
+FACILITIES = {
+    **{"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6},
+    **{"news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12},
+    **{"security": 13, "console": 14, "solaris-cron": 15},
+    **{f"local{i}": 16 + i for i in range(8)},
+}
+
+
+def _webhook_url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a URL is a string, such as https://siem.example.com/breakglass")
+    if value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError("a URL has no spaces")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value[:80]!r} is not an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise ValueError(
+            "put no credentials in the URL: the signature (secret_env) authenticates the bot"
+        )
+    if port == 0:
+        raise ValueError("port 0 is not a port")
+    return value
+
+
+def _matching(pattern: re.Pattern, what: str) -> Any:
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise ValueError(f"{str(value)[:80]!r} is not {what}")
+        return value
+
+    return BeforeValidator(check)
+
+
+class WebhookSink(BaseModel):
+    """POST each batch of events as JSON, signed with a shared secret from the environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, BeforeValidator(_webhook_url)]
+    # The name of the environment variable holding the shared secret (never the secret).
+    secret_env: Annotated[
+        str, _matching(ENV_NAME, "an environment variable's name (such as SIEM_SECRET)")
+    ]
+    timeout: Duration = timedelta(seconds=10)
+
+
+class SyslogSink(BaseModel):
+    """RFC 5424 messages over TCP (octet counting, RFC 6587) or UDP (one datagram each)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: Annotated[str, _matching(PRINTABLE_ASCII, "a host name or IP address")] = Field(
+        max_length=253
+    )
+    port: int = Field(default=514, ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    app_name: Annotated[
+        str, _matching(PRINTABLE_ASCII, "an APP-NAME (printable ASCII, no spaces)")
+    ] = Field(default="breakglass", max_length=48)
+    facility: Literal[tuple(FACILITIES)] = "auth"  # type: ignore[valid-type]
+    timeout: Duration = timedelta(seconds=10)
+
+    @property
+    def facility_code(self) -> int:
+        return FACILITIES[self.facility]
+
+
+class ForwardSink(BaseModel):
+    """One place every audit event is sent to, in order, each once (see README)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Names the sink's durable cursor: renaming a sink starts a new one.
+    name: Annotated[
+        str, _matching(SINK_NAME, "a sink name (lower case letters, digits, . _ -; 64 at most)")
+    ]
+    webhook: WebhookSink | None = None
+    syslog: SyslogSink | None = None
+    # Where a sink new to the database starts: the first event ever, or the next one.
+    start: Literal["beginning", "now"] = "beginning"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ForwardSink:
+        if (self.webhook is None) == (self.syslog is None):
+            raise ValueError("give exactly one of webhook: or syslog:")
+        return self
+
+
 class AuditSettings(BaseModel):
     """How the audit trail is kept, protected and sent out (`audit:` in the policy)."""
 
@@ -130,6 +237,9 @@ class AuditSettings(BaseModel):
     # Free text (justification, deny reasons, review notes; not the ticket id) stored
     # encrypted with this Vault transit key, e.g. transit/keys/breakglass; absent: as typed.
     encrypt: Annotated[str, BeforeValidator(_transit_key)] | None = None
+    # Every audit event is sent to each of these as it is written (and the ones before, per
+    # the sink's `start`).
+    forward: list[ForwardSink] = Field(default_factory=list)
 
 
 def _retention(value: Any) -> timedelta:
@@ -312,7 +422,7 @@ def parse_policy(text: str, file: str | None = None) -> Policy:
     seen = {p.path for p in problems}
     problems += [
         Problem(_dotted(path), message, _nearest_line(lines, path), file)
-        for path, message in _cross_checks(checked)
+        for path, message in [*_cross_checks(checked), *_forward_checks(data)]
         if _dotted(path) not in seen
     ]
     if problems or policy is None:
@@ -406,6 +516,44 @@ def _cross_checks(policy: Policy) -> list[tuple[tuple, str]]:
                 found.append(
                     (("maintenance_windows", i, "resources", j), f"no resource named {resource!r}")
                 )
+    return found
+
+
+def _forward_checks(data: dict) -> list[tuple[tuple, str]]:
+    """Sink names used once; each webhook's secret present in the environment (read where
+    the bot runs: `check-config` there tells). On the raw file, so that these are reported
+    in the same run as any other problem of the same entries."""
+    import os
+
+    audit = data.get("audit")
+    forward = audit.get("forward") if isinstance(audit, dict) else None
+    if not isinstance(forward, list):
+        return []
+    found: list[tuple[tuple, str]] = []
+    names: set[str] = set()
+    for i, sink in enumerate(forward):
+        if not isinstance(sink, dict):
+            continue
+        name = sink.get("name")
+        if isinstance(name, str) and name in names:
+            found.append((("audit", "forward", i, "name"), f"{name!r} is used twice"))
+        names.add(name)  # type: ignore[arg-type]
+        webhook = sink.get("webhook")
+        var = webhook.get("secret_env") if isinstance(webhook, dict) else None
+        if not isinstance(var, str) or not ENV_NAME.match(var):
+            continue  # missing or malformed: reported by the schema check
+        secret = os.environ.get(var)
+        where = ("audit", "forward", i, "webhook", "secret_env")
+        if secret is None:
+            found.append((where, f"the environment variable {var} is not set (the shared secret)"))
+        elif len(secret.strip()) < SECRET_MIN:
+            found.append(
+                (
+                    where,
+                    f"the secret in {var} is shorter than {SECRET_MIN} characters; use a random "
+                    "one (openssl rand -hex 32)",
+                )
+            )
     return found
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import hvac
+import sqlalchemy as sa
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import migrate
@@ -93,6 +95,23 @@ def database_role_problems(
                 )
 
 
+def forwarding_notes(engine: Engine, policy: Policy, notes: list[str]) -> None:
+    """Each audit sink that is failing now, and how far behind it is (from its cursor)."""
+    from bot.store import cursors
+
+    sinks = [s.name for s in policy.audit.forward]
+    if not sinks or not sa.inspect(engine).has_table("audit_cursor"):
+        return
+    with engine.connect() as c:
+        for st in cursors.status(c, sinks):
+            if st.failing_since is not None:
+                notes.append(
+                    f"audit.forward {st.sink}: failing since "
+                    f"{st.failing_since.isoformat(timespec='seconds')} ({st.last_error}); "
+                    f"{st.lag} event(s) waiting"
+                )
+
+
 def online_problems(settings: Settings, policy: Policy) -> tuple[list[str], list[str]]:
     """(problems, notes) found by talking to the database, Vault and Slack."""
     problems: list[str] = []
@@ -107,6 +126,7 @@ def online_problems(settings: Settings, policy: Policy) -> tuple[list[str], list
                 f"database {where}: {len(todo)} migration(s) pending "
                 "(`breakglass serve` applies them at start)"
             )
+        forwarding_notes(engine, policy, notes)
     except SQLAlchemyError as exc:
         problems.append(
             f"database {where}: cannot connect ({type(getattr(exc, 'orig', None) or exc).__name__})"

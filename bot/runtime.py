@@ -24,6 +24,7 @@ from bot.slack.notifier import SlackNotifier
 from bot.store import Store, create_db_engine
 from bot.usecases import Breakglass
 from bot.usecases.effects import OutboxWorker
+from bot.usecases.forwarding import Forwarder, Forwarders
 from bot.usecases.ports import utcnow
 from providers import ProviderError, VaultBackend
 from providers.auth import vault_auth_from_env
@@ -70,6 +71,7 @@ class Runtime:
 
     client: WebClient | None = None
     _ready_cache: tuple[float, dict] | None = None
+    forwarders: Forwarders | None = None
 
     def live(self) -> dict:
         """Liveness: the process answers and its timers run."""
@@ -109,6 +111,13 @@ class Runtime:
         part("vault", vault)
         if self.client is not None:
             part("slack", self.client.auth_test)
+        if self.forwarders is not None and self.forwarders.workers:
+            # Reported, never failing readiness: a SIEM being down must not take the bot
+            # out of service (the events wait in the database).
+            try:
+                status["forwarding"] = self.forwarders.status()
+            except Exception as exc:
+                status["forwarding"] = _reason(exc)
         self._ready_cache = (time.monotonic(), status)
         return status
 
@@ -116,11 +125,15 @@ class Runtime:
         self.scheduler.start()
         if self.service.outbox is not None:
             self.service.outbox.start()
+        if self.forwarders is not None:
+            self.forwarders.start()
 
     def stop(self) -> None:
         self.scheduler.shutdown()
         if self.service.outbox is not None:
             self.service.outbox.stop()
+        if self.forwarders is not None:
+            self.forwarders.stop()
         self.store.engine.dispose()
 
 
@@ -139,6 +152,18 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, sa.exc.SQLAlchemyError):
         return f"unreachable ({type(getattr(exc, 'orig', None) or exc).__name__})"
     return f"unreachable ({type(exc).__name__})"
+
+
+def forwarders_for(store: Store, policy: Policy) -> Forwarders:
+    """A worker per sink in `audit.forward` (not started)."""
+    from bot.forward import sink_for
+
+    return Forwarders(
+        [
+            Forwarder(store, sink.name, sink_for(sink), start=sink.start)
+            for sink in policy.audit.forward
+        ]
+    )
 
 
 def build(
@@ -189,6 +214,8 @@ def build(
         process_before_response=process_before_response,
     )
     runtime = Runtime(settings, policy, store, backend, service, scheduler, app, None, client)  # type: ignore[arg-type]
+    runtime.forwarders = forwarders_for(store, policy)
+    service.core.on_audit = runtime.forwarders.wake
     runtime.web = create_web_app(
         app,
         signing_secret=secret.get_secret_value() if secret else None,

@@ -3,6 +3,7 @@
 from bot.store.tables import (
     OPEN_STATES,
     AccessRequest,
+    AuditCursor,
     AuditEvent,
     AuditHead,
     Decision,
@@ -17,6 +18,7 @@ from bot.store.tables import (
 __all__ = [
     "OPEN_STATES",
     "AccessRequest",
+    "AuditCursor",
     "AuditEvent",
     "AuditHead",
     "Decision",

@@ -168,6 +168,21 @@ class AuditHead(SQLModel, table=True):
     hash: str = Field(max_length=64)
 
 
+class AuditCursor(SQLModel, table=True):
+    """How far one forwarding sink got: the last audit event it received. Advanced in the
+    transaction that holds this row locked while the events are sent."""
+
+    __tablename__ = "audit_cursor"
+
+    sink: str = Field(primary_key=True, max_length=64)
+    seq: int = 0  # the last event the sink confirmed; the next one sent is seq + 1
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    attempts: int = 0  # failures in a row; 0 while the sink takes what it is sent
+    next_attempt_at: datetime | None = _ts()  # backing off until then, on every replica
+    failing_since: datetime | None = _ts()
+    last_error: str | None = Field(default=None, max_length=300)
+
+
 class OutboxEntry(SQLModel, table=True):
     """An effect the bot owes (a Slack message, a redelivery), recorded in the transaction
     that made it owed and carried out until done. Never a secret."""

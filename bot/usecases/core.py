@@ -4,6 +4,7 @@ changes (a conditional UPDATE plus exactly one audit event, in the caller's tran
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlmodel import Session, select
 
 from bot.domain.workflow import Event, Refused, State, transition
 from bot.policy import Policy, Resource
-from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, Store, audit
+from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, Store, audit, outbox
 from bot.usecases.effects import Effects
 from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
 from providers import VaultBackend
@@ -40,6 +41,8 @@ class Core:
     clock: Clock = utcnow
     # Free text at rest: sealed with Vault's transit key (audit.encrypt), or as typed.
     sealer: Sealer = field(default_factory=lambda: Sealer(None))
+    # Called once a transaction that wrote audit events committed (the forwarders' wake).
+    on_audit: Callable[[], None] | None = None
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -230,6 +233,8 @@ class Core:
                 for rid, event, who, details, _ in entries
             ],
         )
+        if self.on_audit is not None:
+            outbox.wake_after_commit(session, self.on_audit)
         for (request_id, event, actor, _, note), done in zip(entries, recorded, strict=True):
             if thread and request_id is not None:
                 # The card first: the very first reply needs the card it hangs under.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.domain.anomalies import reasons
 from bot.domain.workflow import State
@@ -79,3 +79,13 @@ class NoTimers:
 
     def cancel(self, kind: str, key: int) -> None:
         pass
+
+
+class EventSink(Protocol):
+    """Somewhere audit events are forwarded to (a SIEM's webhook, a syslog server). `send`
+    returns once the receiver has them all; it raises `forwarding.SinkDown` (try again with
+    backoff) or `forwarding.SinkRefused` (the receiver says our configuration is wrong)."""
+
+    def send(self, events: list[dict[str, Any]]) -> None: ...
+
+    def close(self) -> None: ...
