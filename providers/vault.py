@@ -146,13 +146,14 @@ class VaultBackend:
         that must never hold up what it runs before (reading a grant's activity)."""
         return self.child_client(str(self.client.token), timeout=timeout)
 
-    def audit_hash(self, device: str, value: str) -> str:
+    def audit_hash(self, device: str, value: str, *, timeout: float | None = None) -> str:
         """The HMAC that the audit device at `device` writes in place of `value`
         ("hmac-sha256:…"), so our records can be joined with Vault's audit log.
         Route: POST sys/audit-hash/{device}. https://openbao.org/api-docs/system/audit-hash/"""
         route = f"sys/audit-hash/{device}"
+        client = self.hurried(timeout) if timeout else self.client
         with vault_errors(route):
-            resp = self.client.sys.calculate_hash(device, value)
+            resp = client.sys.calculate_hash(device, value)
             body = resp if isinstance(resp, dict) else resp.json()
             return str((body.get("data") or body)["hash"])
 

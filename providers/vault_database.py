@@ -38,6 +38,7 @@ class DatabaseRole:
     name: str
     default_ttl: int  # seconds; 0: the mount's default
     max_ttl: int  # seconds; 0: the mount's max_lease_ttl
+    db_name: str = ""  # the connection ({mount}/config/{db_name}) its users are made on
 
 
 def read_role(client: hvac.Client, mount: str, role: str) -> DatabaseRole | None:
@@ -49,6 +50,7 @@ def read_role(client: hvac.Client, mount: str, role: str) -> DatabaseRole | None
                 name=role,
                 default_ttl=int(data.get("default_ttl") or 0),
                 max_ttl=int(data.get("max_ttl") or 0),
+                db_name=str(data.get("db_name") or ""),
             )
     except VaultRejected as exc:
         if exc.status == 404:
@@ -202,12 +204,12 @@ def _where(client: hvac.Client, mount: str, monitor_role: str, dsn: str | None) 
     """Connection keywords without user and password: from `dsn`, else from the connection
     Vault uses for the monitoring role (its connection_url template)."""
     if dsn is None:
-        with vault_errors(f"{mount}/roles/{monitor_role}"):
-            name = str(
-                client.secrets.database.read_role(monitor_role, mount_point=mount)["data"][
-                    "db_name"
-                ]
+        role = read_role(client, mount, monitor_role)
+        if role is None:
+            raise ActivityUnavailable(
+                f"the monitoring role {mount}/roles/{monitor_role} does not exist in Vault"
             )
+        name = role.db_name
         with vault_errors(f"{mount}/config/{name}"):
             config = client.secrets.database.read_connection(name, mount_point=mount)["data"]
             template = str(config["connection_details"]["connection_url"])

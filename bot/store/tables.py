@@ -133,6 +133,10 @@ class Grant(SQLModel, table=True):
     revoke_failing_since: datetime | None = _ts()
     revoke_error: str | None = Field(default=None, max_length=300)
     revoke_alerted: bool = False
+    # What Vault's audit device (audit.vault_device) writes for the token accessor and the
+    # lease id: joins this grant with Vault's audit log. None: no device, or unknown.
+    accessor_hmac: str | None = Field(default=None, max_length=100)
+    lease_hmac: str | None = Field(default=None, max_length=100)
 
 
 class AuditEvent(SQLModel, table=True):

@@ -1,0 +1,247 @@
+"""What the access was used for (pg_stat_statements, read when a grant ends) and the join with
+Vault's audit log (the HMACs of each grant's accessor and lease): the whole bot against the
+real OpenBao, its file audit device, and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from psycopg import sql
+from sqlmodel import select
+
+from bot.domain.activity import TIMES
+from bot.domain.workflow import Event, State
+from bot.sandbox.openbao import AUDIT_DEVICE, MONITOR_ROLE
+from bot.sandbox.stack import APPROVER, POLICY, REQUESTER, start_bot
+from bot.slack.ids import ActionId
+from bot.store import AuditEvent, Grant
+from tests.helpers import click, credential_dm, request_access, request_id_of, request_row, reveal
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+BROKEN_MONITOR = "no-such-monitor"
+ACTIVITY_POLICY = (
+    POLICY.replace(
+        "    emergency: true\n",
+        f"    emergency: true\n    activity: {{monitor_role: {MONITOR_ROLE}}}\n",
+        1,
+    )
+    + f"""\
+  broken-monitor-db:
+    description: Production PostgreSQL, whose monitoring role is missing from Vault
+    provider: vault-database
+    options: {{mount: database, role: breakglass-rw}}
+    approvers: [sre-leads]
+    activity: {{monitor_role: {BROKEN_MONITOR}}}
+audit:
+  vault_device: {AUDIT_DEVICE}
+"""
+)
+# Literals the grant's user types; none may appear anywhere the bot writes.
+LITERALS = ("lit-alpha-7731", "lit-bravo-4410", "lit-charlie-9052", "lit-delta-5521")
+
+
+@pytest.fixture
+def abot(backends, slack, clock, database_url, tmp_path):
+    b = start_bot(
+        backends, slack, database_url, clock=clock, workdir=tmp_path, policy_text=ACTIVITY_POLICY
+    )
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def incidents(backends) -> str:
+    """A table the grants' users may read and write, made as the database's owner would."""
+    with psycopg.connect(backends.pg.url(), autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS incidents (id int PRIMARY KEY, state text)")
+        c.execute("INSERT INTO incidents VALUES (1, 'open') ON CONFLICT DO NOTHING")
+        c.execute("GRANT SELECT, UPDATE ON incidents TO PUBLIC")
+    return "incidents"
+
+
+def granted(bot, slack, resource: str = "prod-db") -> tuple[int, str, str]:
+    parent = request_access(bot, slack, resource=resource)
+    rid = request_id_of(parent)
+    click(bot, APPROVER, parent, ActionId.APPROVE)
+    user, password = reveal(bot, slack)
+    return rid, user, password
+
+
+def events(bot, rid: int, action: Event) -> list[AuditEvent]:
+    with bot.runtime.store.read() as s:
+        return list(
+            s.exec(
+                select(AuditEvent)
+                .where(AuditEvent.request_id == rid, AuditEvent.action == action.value)
+                .order_by(AuditEvent.seq)
+            ).all()
+        )
+
+
+def everything_stored(bot) -> str:
+    """Every row of every table of the bot's database, as text."""
+    tables = sa.MetaData()
+    tables.reflect(bot.runtime.store.engine)
+    with bot.runtime.store.engine.connect() as c:
+        return "\n".join(
+            str(row) for table in tables.sorted_tables for row in c.execute(sa.select(table))
+        )
+
+
+def test_activity_of_a_used_grant_is_recorded_and_posted_without_literals(
+    abot, slack, backends, incidents, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    rid, user, password = granted(abot, slack)
+    with psycopg.connect(backends.pg.url(user, password), autocommit=True) as c:
+        # Literals inline in the text sent, so that hiding them is PostgreSQL's doing.
+        for literal in LITERALS[:3]:
+            c.execute(
+                sql.SQL("SELECT * FROM incidents WHERE state = {}").format(sql.Literal(literal))
+            )
+        c.execute(
+            sql.SQL("UPDATE incidents SET state = {} WHERE id = 1").format(sql.Literal(LITERALS[3]))
+        )
+    click(abot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    assert request_row(abot, rid).state == State.REVOKED
+    assert not backends.pg.can_login(user, password)
+
+    (event,) = events(abot, rid, Event.ACTIVITY)
+    details = json.loads(event.details)
+    summary = f"4 statements: SELECT incidents {TIMES}3, UPDATE incidents {TIMES}1"
+    assert details["summary"] == summary
+    assert details["identity"] == user
+    queries = {st["query"]: st["calls"] for st in details["statements"]}
+    assert queries == {
+        "SELECT * FROM incidents WHERE state = $1": 3,
+        "UPDATE incidents SET state = $1 WHERE id = $2": 1,
+    }
+    # Read before the user was dropped, recorded with the end, before the end's own event.
+    (revoked,) = events(abot, rid, Event.REVOKED)
+    assert event.seq < revoked.seq
+    replies = [m.text for m in slack.thread(*_thread(abot, rid))]
+    assert any(f"What `{user}` ran: {summary}" in t for t in replies), replies
+
+    everywhere = everything_stored(abot) + slack.everything_sent() + caplog.text
+    for literal in LITERALS:
+        assert literal not in everywhere
+    # The password itself was shown once, in the reveal modal; nowhere else.
+    assert password not in everything_stored(abot) + caplog.text
+
+
+def test_a_grant_never_used_says_so(abot, slack, backends, incidents):
+    rid, user, _ = granted(abot, slack)
+    click(abot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    (event,) = events(abot, rid, Event.ACTIVITY)
+    assert json.loads(event.details)["summary"] == "credential never used"
+    replies = [m.text for m in slack.thread(*_thread(abot, rid))]
+    assert any(f"What `{user}` ran: credential never used" in t for t in replies)
+
+
+def test_a_broken_monitor_role_is_recorded_and_the_grant_still_ends(abot, slack, backends):
+    rid, user, password = granted(abot, slack, resource="broken-monitor-db")
+    click(abot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    assert request_row(abot, rid).state == State.REVOKED
+    assert not backends.pg.can_login(user, password)
+    (event,) = events(abot, rid, Event.ACTIVITY)
+    summary = json.loads(event.details)["summary"]
+    assert summary.startswith("activity unavailable: ")
+    assert f"database/roles/{BROKEN_MONITOR} does not exist" in summary
+    replies = [m.text for m in slack.thread(*_thread(abot, rid))]
+    assert any("activity unavailable" in t for t in replies)
+
+
+def test_grants_expiring_together_share_one_monitoring_read(
+    abot, slack, backends, clock, incidents
+):
+    first, user1, pw1 = granted(abot, slack)
+    parent = request_access(abot, slack, user=APPROVER)  # anyone may ask; another person
+    second = request_id_of(parent)
+    click(abot, "U0CAROL", parent, ActionId.APPROVE)
+    with psycopg.connect(backends.pg.url(user1, pw1), autocommit=True) as c:
+        c.execute("SELECT count(*) FROM incidents")
+    reads_before = _monitor_reads(backends)
+    clock.advance(timedelta(hours=1))
+    assert abot.service.grants.expire_many([first, second]) == {first, second}
+    assert _monitor_reads(backends) == reads_before + 1
+    (one,) = events(abot, first, Event.ACTIVITY)
+    (two,) = events(abot, second, Event.ACTIVITY)
+    assert json.loads(one.details)["summary"] == f"1 statement: SELECT incidents {TIMES}1"
+    assert json.loads(two.details)["summary"] == "credential never used"
+
+
+def test_grant_records_the_vault_audit_hmacs_that_find_it_in_vaults_audit_log(
+    abot, slack, backends
+):
+    rid, _, _ = granted(abot, slack)
+    with abot.runtime.store.read() as s:
+        grant = s.exec(select(Grant).where(Grant.request_id == rid)).one()
+    assert grant.accessor_hmac and grant.accessor_hmac.startswith("hmac-sha256:")
+    assert grant.lease_hmac and grant.lease_hmac.startswith("hmac-sha256:")
+    (issued,) = events(abot, rid, Event.ISSUED)
+    details = json.loads(issued.details)
+    assert details["accessor_hmac"] == grant.accessor_hmac
+    assert details["lease_hmac"] == grant.lease_hmac
+    assert details["vault_audit_device"] == AUDIT_DEVICE
+
+    click(abot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    log = backends.bao.audit_entries()
+    # Every request the grant's child token made carries its accessor's HMAC...
+    by_token = [e for e in log if e.get("auth", {}).get("accessor") == grant.accessor_hmac]
+    paths = {e["request"]["path"] for e in by_token if e["type"] == "request"}
+    assert "database/creds/breakglass-rw" in paths and "sys/wrapping/wrap" in paths
+    # ...and the lease's HMAC finds its renewal (shortened to the grant) and its revocation.
+    by_lease = [
+        e["request"]["path"]
+        for e in log
+        if e["type"] == "request"
+        and (e["request"].get("data") or {}).get("lease_id") == grant.lease_hmac
+    ]
+    assert "sys/leases/renew" in by_lease and "sys/leases/revoke" in by_lease
+    # The token's revocation by accessor, by the bot: the same HMAC in the request's data.
+    assert any(
+        e["request"]["path"] == "auth/token/revoke-accessor"
+        and (e["request"].get("data") or {}).get("accessor") == grant.accessor_hmac
+        for e in log
+        if e["type"] == "request"
+    )
+
+
+def test_an_audit_hash_refused_leaves_the_hmacs_unknown_and_issues_anyway(
+    backends, slack, clock, database_url, tmp_path, caplog
+):
+    policy = POLICY + "audit:\n  vault_device: not-allowed-device\n"
+    b = start_bot(backends, slack, database_url, clock=clock, workdir=tmp_path, policy_text=policy)
+    try:
+        rid, user, password = granted(b, slack)
+        assert request_row(b, rid).state == State.ACTIVE
+        assert backends.pg.can_login(user, password)
+        with b.runtime.store.read() as s:
+            grant = s.exec(select(Grant).where(Grant.request_id == rid)).one()
+        assert grant.accessor_hmac is None and grant.lease_hmac is None
+        details = json.loads(events(b, rid, Event.ISSUED)[0].details)
+        assert details["accessor_hmac"] is None
+        assert "sys/audit-hash/not-allowed-device" in details["vault_audit_error"]
+        assert "Vault audit HMACs" in caplog.text
+    finally:
+        b.stop()
+
+
+def _thread(bot, rid: int) -> tuple[str, str]:
+    row = request_row(bot, rid)
+    assert row.channel and row.thread_ts
+    return row.channel, row.thread_ts
+
+
+def _monitor_reads(backends) -> int:
+    return sum(
+        1
+        for e in backends.bao.audit_entries()
+        if e["type"] == "request" and e["request"]["path"] == f"database/creds/{MONITOR_ROLE}"
+    )
