@@ -16,13 +16,17 @@ from sqlmodel import select
 
 from bot.domain.activity import TIMES
 from bot.domain.workflow import Event, State
+from bot.policy import PolicyError, parse_policy
+from bot.preflight import required_capabilities
 from bot.sandbox.openbao import AUDIT_DEVICE, MONITOR_ROLE
 from bot.sandbox.stack import APPROVER, POLICY, REQUESTER, start_bot
 from bot.slack.ids import ActionId
 from bot.store import AuditEvent, Grant
 from tests.helpers import click, credential_dm, request_access, request_id_of, request_row, reveal
+from tests.test_vault_edge import check_config
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+# The bot on both stores it supports.
+BOTH = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 BROKEN_MONITOR = "no-such-monitor"
 ACTIVITY_POLICY = (
@@ -94,6 +98,7 @@ def everything_stored(bot) -> str:
         )
 
 
+@BOTH
 def test_activity_of_a_used_grant_is_recorded_and_posted_without_literals(
     abot, slack, backends, incidents, caplog
 ):
@@ -135,6 +140,7 @@ def test_activity_of_a_used_grant_is_recorded_and_posted_without_literals(
     assert password not in everything_stored(abot) + caplog.text
 
 
+@BOTH
 def test_a_grant_never_used_says_so(abot, slack, backends, incidents):
     rid, user, _ = granted(abot, slack)
     click(abot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
@@ -144,6 +150,7 @@ def test_a_grant_never_used_says_so(abot, slack, backends, incidents):
     assert any(f"What `{user}` ran: credential never used" in t for t in replies)
 
 
+@BOTH
 def test_a_broken_monitor_role_is_recorded_and_the_grant_still_ends(abot, slack, backends):
     rid, user, password = granted(abot, slack, resource="broken-monitor-db")
     click(abot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
@@ -157,6 +164,7 @@ def test_a_broken_monitor_role_is_recorded_and_the_grant_still_ends(abot, slack,
     assert any("activity unavailable" in t for t in replies)
 
 
+@BOTH
 def test_grants_expiring_together_share_one_monitoring_read(
     abot, slack, backends, clock, incidents
 ):
@@ -176,6 +184,7 @@ def test_grants_expiring_together_share_one_monitoring_read(
     assert json.loads(two.details)["summary"] == "credential never used"
 
 
+@BOTH
 def test_grant_records_the_vault_audit_hmacs_that_find_it_in_vaults_audit_log(
     abot, slack, backends
 ):
@@ -213,6 +222,7 @@ def test_grant_records_the_vault_audit_hmacs_that_find_it_in_vaults_audit_log(
     )
 
 
+@BOTH
 def test_an_audit_hash_refused_leaves_the_hmacs_unknown_and_issues_anyway(
     backends, slack, clock, database_url, tmp_path, caplog
 ):
@@ -245,3 +255,87 @@ def _monitor_reads(backends) -> int:
         for e in backends.bao.audit_entries()
         if e["type"] == "request" and e["request"]["path"] == f"database/creds/{MONITOR_ROLE}"
     )
+
+
+# ---- the policy and check-config ------------------------------------------------------------
+
+
+def test_bad_activity_and_audit_settings_are_refused_with_their_line():
+    text = (
+        POLICY.replace(
+            "    emergency: true\n",
+            "    emergency: true\n"
+            '    activity: {monitor_role: m, dsn: "host=db user=bob password=hunter2"}\n',
+            1,
+        ).replace(
+            "    emergency: false\n",
+            "    emergency: false\n    activity: {monitor: m}\n",
+            1,
+        )
+        + "audit:\n  vault_device: 'not a path'\n"
+    )
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "breakglass.yml")
+    lines = [str(p) for p in caught.value.problems]
+    assert any(
+        line.startswith("breakglass.yml:14: resources.prod-db.activity.dsn: holds password, user")
+        for line in lines
+    ), lines
+    assert "hunter2" not in "\n".join(lines)
+    assert any(
+        line.startswith("breakglass.yml:23: resources.prod-db-two-keys.activity.monitor:")
+        for line in lines
+    ), lines
+    assert any(line.startswith("breakglass.yml:25: audit.vault_device:") for line in lines), lines
+
+
+def test_activity_is_refused_for_other_providers():
+    text = POLICY.replace("provider: vault-database\n", "provider: vault-kv\n", 1).replace(
+        "    emergency: true\n", "    emergency: true\n    activity: {monitor_role: m}\n", 1
+    )
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "breakglass.yml")
+    assert (
+        "breakglass.yml:14: resources.prod-db.activity: only vault-database resources "
+        "(on PostgreSQL) can record what was run"
+    ) in [str(p) for p in caught.value.problems]
+
+
+def test_check_config_online_knows_what_activity_and_the_audit_join_need(backends, slack, tmp_path):
+    needed = required_capabilities(parse_policy(ACTIVITY_POLICY))
+    assert needed[f"database/creds/{MONITOR_ROLE}"][0] == {"read"}
+    assert needed[f"database/roles/{BROKEN_MONITOR}"] == (
+        {"read"},
+        "resources.broken-monitor-db.activity",
+    )
+    assert needed[f"sys/audit-hash/{AUDIT_DEVICE}"] == ({"update"}, "audit.vault_device")
+
+    r = check_config(backends, slack, tmp_path, ACTIVITY_POLICY)
+    assert r.returncode == 1, r.stdout + r.stderr
+    addr = backends.bao.addr
+    problems = [line for line in r.stderr.splitlines() if line.startswith("vault ")]
+    assert problems == [
+        f"vault {addr}: the monitoring role database/roles/{BROKEN_MONITOR} does not exist "
+        "(resources.broken-monitor-db.activity)"
+    ], r.stderr
+    working = ACTIVITY_POLICY[: ACTIVITY_POLICY.index("  broken-monitor-db:")]
+    working += f"audit:\n  vault_device: {AUDIT_DEVICE}\n"
+    r = check_config(backends, slack, tmp_path, working)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # A token without the shipped policy's new paths is told which ones it lacks.
+    weak = backends.bao.client()
+    weak.sys.create_or_update_policy(
+        "no-activity", 'path "database/creds/breakglass-rw" { capabilities = ["read"] }'
+    )
+    token = weak.auth.token.create(policies=["no-activity"], ttl="10m")["auth"]["client_token"]
+    r = check_config(backends, slack, tmp_path, working, VAULT_TOKEN=token)
+    assert r.returncode == 1
+    assert (
+        f"vault {addr}: the bot's token lacks read on database/creds/{MONITOR_ROLE} "
+        "(needed by resources.prod-db.activity)"
+    ) in r.stderr
+    assert (
+        f"vault {addr}: the bot's token lacks update on sys/audit-hash/{AUDIT_DEVICE} "
+        "(needed by audit.vault_device)"
+    ) in r.stderr
+    assert token not in r.stderr + r.stdout
