@@ -114,90 +114,122 @@ class Statements:
     """What the monitoring read found: rows by user, and which users no longer exist."""
 
     by_user: dict[str, list[UserStatement]]
-    gone: frozenset[str]  # dropped before the read: their rows can no longer be told apart
+    gone: frozenset[str]  # dropped before the read, their oid unknown: rows unattributable
     monitor: str  # the monitoring user that read them (Vault's audit log shows its lease)
 
 
 # The monitoring user sees every user's rows with pg_read_all_stats; without it, other
-# users' query texts read "<insufficient privilege>".
+# users' query texts read "<insufficient privilege>". A user is found by the oid recorded
+# while it existed (its rows outlive DROP ROLE), else by its name.
 STATEMENTS_SQL = """
-SELECT r.rolname, d.datname, s.query, s.calls, s.rows
+SELECT s.userid::bigint, r.rolname, d.datname, s.query, s.calls, s.rows
 FROM pg_stat_statements s
-JOIN pg_roles r ON r.oid = s.userid
+LEFT JOIN pg_roles r ON r.oid = s.userid
 LEFT JOIN pg_database d ON d.oid = s.dbid
-WHERE r.rolname = ANY(%s)
+WHERE s.userid = ANY(%s::oid[]) OR r.rolname = ANY(%s)
 ORDER BY s.calls DESC
 LIMIT 5000
 """
 HIDDEN = "<insufficient privilege>"
 
 
-def read_statements(
-    backend: VaultBackend,
-    *,
-    mount: str,
-    monitor_role: str,
-    dsn: str | None,
-    usernames: list[str],
-    timeout: float = 3.0,
-) -> Statements:
-    """Read what `usernames` ran, with a monitoring user taken from Vault for this read only
-    and revoked right after. Every step gives up after `timeout` seconds.
+@dataclass(frozen=True)
+class Monitor:
+    """Where and as what role the bot reads pg_stat_statements; every step gives up after
+    `timeout` seconds."""
 
-    Routes (the bot's token): GET {mount}/roles/{monitor_role} and GET {mount}/config/{name}
-    when `dsn` is None (where Vault itself connects; Vault never returns the connection's
-    password), GET {mount}/creds/{monitor_role}, PUT sys/leases/revoke.
-    Raises ActivityUnavailable with a reason fit to show.
-    """
-    client = backend.hurried(timeout)
-    try:
-        where = _where(client, mount, monitor_role, dsn)
-        route = f"{mount}/creds/{monitor_role}"
-        with vault_errors(route):
-            resp = client.secrets.database.generate_credentials(
-                name=monitor_role, mount_point=mount
-            )
-            user, password = str(resp["data"]["username"]), str(resp["data"]["password"])
-            lease = resp.get("lease_id") or None
-    except ProviderError as exc:
-        raise ActivityUnavailable(str(exc)) from None
-    try:
-        with (
-            psycopg.connect(
-                **where,
-                user=user,
-                password=password,
-                connect_timeout=max(2, int(timeout)),
-                options=f"-c statement_timeout={int(timeout * 1000)}",
-                application_name="breakglass-activity",
-                autocommit=True,
-            ) as conn,
-            conn.cursor() as cur,
-        ):
-            cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (usernames,))
-            present = {row[0] for row in cur.fetchall()}
-            cur.execute(STATEMENTS_SQL, (usernames,))
-            rows = cur.fetchall()
-    except psycopg.Error as exc:
-        raise ActivityUnavailable(_pg_reason(exc, password, timeout)) from None
-    finally:
-        if lease:
-            try:
-                with vault_errors("sys/leases/revoke"):
-                    client.sys.revoke_lease(lease)
-            except ProviderError as exc:  # it ends at its own short TTL anyway
-                log.warning("could not revoke the monitoring lease %s: %s", lease, exc)
-    if any(row[2] == HIDDEN for row in rows):
+    backend: VaultBackend
+    mount: str
+    role: str
+    dsn: str | None = None
+    timeout: float = 3.0
+
+    def run(self, read: Any) -> tuple[Any, str]:
+        """`read(cursor)` with a monitoring user taken from Vault for this read only and
+        revoked right after; (its result, the monitoring user's name).
+
+        Routes (the bot's token): GET {mount}/roles/{role} and GET {mount}/config/{name}
+        when `dsn` is None (where Vault itself connects; Vault never returns the
+        connection's password), GET {mount}/creds/{role}, PUT sys/leases/revoke.
+        Raises ActivityUnavailable with a reason fit to show.
+        """
+        client = self.backend.hurried(self.timeout)
+        try:
+            where = _where(client, self.mount, self.role, self.dsn)
+            with vault_errors(f"{self.mount}/creds/{self.role}"):
+                resp = client.secrets.database.generate_credentials(
+                    name=self.role, mount_point=self.mount
+                )
+                user, password = str(resp["data"]["username"]), str(resp["data"]["password"])
+                lease = resp.get("lease_id") or None
+        except ProviderError as exc:
+            raise ActivityUnavailable(str(exc)) from None
+        try:
+            with (
+                psycopg.connect(
+                    **where,
+                    user=user,
+                    password=password,
+                    connect_timeout=max(2, int(self.timeout)),
+                    options=f"-c statement_timeout={int(self.timeout * 1000)}",
+                    application_name="breakglass-activity",
+                    autocommit=True,
+                ) as conn,
+                conn.cursor() as cur,
+            ):
+                return read(cur), user
+        except psycopg.Error as exc:
+            raise ActivityUnavailable(_pg_reason(exc, password, self.timeout)) from None
+        finally:
+            if lease:
+                try:
+                    with vault_errors("sys/leases/revoke"):
+                        client.sys.revoke_lease(lease)
+                except ProviderError as exc:  # it ends at its own short TTL anyway
+                    log.warning("could not revoke the monitoring lease %s: %s", lease, exc)
+
+
+def user_oids(monitor: Monitor, usernames: list[str]) -> dict[str, int]:
+    """The oid of each of these database users that exists now: recorded at issue, it finds
+    the user's statements even once Vault dropped it."""
+
+    def read(cur: Any) -> dict[str, int]:
+        cur.execute(
+            "SELECT rolname, oid::bigint FROM pg_roles WHERE rolname = ANY(%s)", (usernames,)
+        )
+        return {str(name): int(oid) for name, oid in cur.fetchall()}
+
+    return monitor.run(read)[0]
+
+
+def read_statements(monitor: Monitor, users: dict[str, int | None]) -> Statements:
+    """What these database users (name: oid if known) ran, from pg_stat_statements."""
+    names = list(users)
+    oids = [oid for oid in users.values() if oid is not None]
+
+    def read(cur: Any) -> tuple[set[str], list[tuple[Any, ...]]]:
+        cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (names,))
+        present = {row[0] for row in cur.fetchall()}
+        cur.execute(STATEMENTS_SQL, (oids, names))
+        return present, cur.fetchall()
+
+    (present, rows), monitor_user = monitor.run(read)
+    if any(row[3] == HIDDEN for row in rows):
         raise ActivityUnavailable(
-            f"the monitoring role {monitor_role} cannot read other users' statements "
+            f"the monitoring role {monitor.role} cannot read other users' statements "
             "(its creation statements must GRANT pg_read_all_stats)"
         )
+    by_oid = {oid: name for name, oid in users.items() if oid is not None}
     by_user: dict[str, list[UserStatement]] = {}
-    for rolname, datname, query, calls, nrows in rows:
-        by_user.setdefault(rolname, []).append(
-            UserStatement(rolname, datname, str(query or ""), int(calls), int(nrows))
+    for userid, rolname, datname, query, calls, nrows in rows:
+        name = by_oid.get(int(userid)) or rolname
+        if name not in users:
+            continue  # a name now held by another role than the oid we knew
+        by_user.setdefault(name, []).append(
+            UserStatement(name, datname, str(query or ""), int(calls), int(nrows))
         )
-    return Statements(by_user, frozenset(set(usernames) - present), user)
+    gone = {name for name, oid in users.items() if oid is None and name not in present}
+    return Statements(by_user, frozenset(gone), monitor_user)
 
 
 def _where(client: hvac.Client, mount: str, monitor_role: str, dsn: str | None) -> dict[str, Any]:

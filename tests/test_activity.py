@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlmodel import select
 
-from bot.domain.activity import TIMES
+from bot.domain.activity import TIMES, StatementStat, classify, summarize
 from bot.domain.workflow import Event, State
 from bot.policy import PolicyError, parse_policy
 from bot.preflight import required_capabilities
@@ -339,3 +339,106 @@ def test_check_config_online_knows_what_activity_and_the_audit_join_need(backend
         "(needed by audit.vault_device)"
     ) in r.stderr
     assert token not in r.stderr + r.stdout
+
+
+@BOTH
+def test_statements_are_found_after_vault_dropped_the_user_first(
+    abot, slack, backends, clock, incidents
+):
+    """Vault's own expiry may drop the user a moment before the bot's timer fires: the oid
+    recorded at issue still finds its statements."""
+    rid, user, password = granted(abot, slack)
+    with abot.runtime.store.read() as s:
+        grant = s.exec(select(Grant).where(Grant.request_id == rid)).one()
+    assert grant.db_user_oid is not None
+    with psycopg.connect(backends.pg.url(user, password), autocommit=True) as c:
+        c.execute("SELECT count(*) FROM incidents")
+        c.execute("SELECT count(*) FROM incidents")
+    backends.bao.client().sys.revoke_lease(grant.lease_id)  # as Vault's expiry would
+    assert not backends.pg.can_login(user, password)
+    clock.advance(timedelta(hours=1))
+    assert abot.service.grants.expire_many([rid]) == {rid}
+    (event,) = events(abot, rid, Event.ACTIVITY)
+    assert json.loads(event.details)["summary"] == f"2 statements: SELECT incidents {TIMES}2"
+
+
+@BOTH
+def test_without_its_oid_a_user_dropped_first_is_unavailable_not_unused(
+    abot, slack, backends, clock
+):
+    rid, _, _ = granted(abot, slack)
+    with abot.runtime.store.transaction() as s:  # as if the lookup at issue had failed
+        s.execute(sa.update(Grant).where(Grant.request_id == rid).values(db_user_oid=None))
+        lease = s.exec(select(Grant.lease_id).where(Grant.request_id == rid)).one()
+    backends.bao.client().sys.revoke_lease(lease)
+    clock.advance(timedelta(hours=1))
+    assert abot.service.grants.expire_many([rid]) == {rid}
+    (event,) = events(abot, rid, Event.ACTIVITY)
+    assert json.loads(event.details)["summary"] == (
+        "activity unavailable: the database user was already dropped "
+        "(Vault's own expiry came first)"
+    )
+
+
+@BOTH
+def test_statements_postgresql_does_not_normalize_are_recorded_without_their_text(
+    abot, slack, backends, incidents, caplog
+):
+    """Measured on PostgreSQL 18: utility statements keep their literals (a password set
+    with ALTER ROLE, a DO block's body). They are recorded by kind only."""
+    caplog.set_level(logging.DEBUG)
+    rid, user, password = granted(abot, slack)
+    secret = "lit-new-password-8812"
+    with psycopg.connect(backends.pg.url(user, password), autocommit=True) as c:
+        c.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(secret)))
+        c.execute("DO $$ BEGIN PERFORM 'lit-do-body-3301'; END $$")
+        c.execute("SELECT id FROM incidents /* lit-comment-5120 */ WHERE id = 1")
+    click(abot, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+    (event,) = events(abot, rid, Event.ACTIVITY)
+    details = json.loads(event.details)
+    # The DO block's PERFORM runs as a statement inside it: counted (track = all), and
+    # normalized like any SELECT.
+    assert details["summary"] == (
+        f"4 statements: ALTER ROLE {TIMES}1, DO {TIMES}1, SELECT {TIMES}1, "
+        f"SELECT incidents {TIMES}1"
+    )
+    texts = {(st["kind"], st["table"]): st["query"] for st in details["statements"]}
+    assert texts == {
+        ("ALTER ROLE", None): None,
+        ("DO", None): None,
+        ("SELECT", None): "SELECT $1",
+        ("SELECT", "incidents"): "SELECT id FROM incidents WHERE id = $1",
+    }
+    everywhere = everything_stored(abot) + slack.everything_sent() + caplog.text
+    for literal in (secret, "lit-do-body-3301", "lit-comment-5120"):
+        assert literal not in everywhere
+
+
+def test_summaries_group_by_kind_and_table_and_leave_transaction_control_out():
+    stats = [
+        StatementStat("SELECT * FROM incidents WHERE id = $1", 12, 12, "app"),
+        StatementStat("UPDATE incidents SET state = $1 WHERE id = $2", 2, 2, "app"),
+        StatementStat("SELECT state FROM public.incidents WHERE id = $1", 1, 1, "app"),
+        StatementStat("BEGIN", 5, 0, "app"),
+        StatementStat("COMMIT", 5, 0, "app"),
+    ]
+    activity = summarize(stats)
+    assert activity.summary == (
+        f"15 statements: SELECT incidents {TIMES}12, UPDATE incidents {TIMES}2, "
+        f"SELECT public.incidents {TIMES}1"
+    )
+    assert activity.details["transaction_control_calls"] == 10
+    assert summarize([]).summary == "credential never used"
+    assert summarize([StatementStat("BEGIN", 1, 0)]).summary == (
+        "no statements beyond transaction control (1)"
+    )
+    tables = [f"t{i}" for i in range(60)]
+    many = summarize([StatementStat(f"TRUNCATE {t}", 100 - i, 0) for i, t in enumerate(tables)])
+    assert many.summary.endswith(", and 52 more")
+    assert len(many.details["statements"]) == 50
+    assert many.details["statements_left_out"] == 10
+    assert classify("WITH c AS (SELECT * FROM src) DELETE FROM dst USING c")[:2] == (
+        "DELETE",
+        "dst",
+    )
+    assert classify("DROP TABLE audit.old_orders")[:2] == ("DROP TABLE", "audit.old_orders")

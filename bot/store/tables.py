@@ -137,6 +137,9 @@ class Grant(SQLModel, table=True):
     # lease id: joins this grant with Vault's audit log. None: no device, or unknown.
     accessor_hmac: str | None = Field(default=None, max_length=100)
     lease_hmac: str | None = Field(default=None, max_length=100)
+    # The database user's oid, looked up at issue where the resource records `activity:`: its
+    # pg_stat_statements rows are still found by it once the user is dropped.
+    db_user_oid: int | None = Field(default=None, sa_type=sa.BigInteger)
 
 
 class AuditEvent(SQLModel, table=True):

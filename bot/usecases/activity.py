@@ -12,6 +12,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from bot.domain.activity import Activity, StatementStat, summarize, unavailable
@@ -19,7 +20,13 @@ from bot.domain.workflow import Event
 from bot.policy import ActivitySettings
 from bot.store import AccessRequest, Grant
 from bot.usecases.core import SYSTEM, Core
-from providers.vault_database import ActivityUnavailable, Statements, read_statements
+from providers.vault_database import (
+    ActivityUnavailable,
+    Monitor,
+    Statements,
+    read_statements,
+    user_oids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,9 @@ class ActivityReader:
             if found is not None:
                 groups.setdefault(found[0], []).append(grant)
         futures = {
-            self._pool.submit(self._read_group, key, [g.identity for g in group]): group
+            self._pool.submit(
+                self._read_group, key, {g.identity: g.db_user_oid for g in group}
+            ): group
             for key, group in groups.items()
         }
         done, _ = wait(futures, timeout=DEADLINE)
@@ -87,17 +96,41 @@ class ActivityReader:
                     out[grant.request_id] = unavailable(f"no answer within {DEADLINE:g} s")
         return out
 
-    def _read_group(self, key: Key, usernames: list[str]) -> dict[str, Activity]:
-        mount, monitor_role, dsn = key
+    def _monitor(self, key: Key) -> Monitor:
+        mount, role, dsn = key
+        return Monitor(self.core.backend, mount, role, dsn, timeout=STEP_TIMEOUT)
+
+    def remember(self, request_id: int) -> None:
+        """Record the oid of a just-issued grant's database user, if its resource records
+        activity: its statements stay in pg_stat_statements under that oid after Vault drops
+        the user, which Vault's own expiry may do a moment before the bot's. Best effort
+        (without it, the user is found by its name while it exists)."""
         try:
-            found: Statements = read_statements(
-                self.core.backend,
-                mount=mount,
-                monitor_role=monitor_role,
-                dsn=dsn,
-                usernames=usernames,
-                timeout=STEP_TIMEOUT,
-            )
+            with self.core.store.read() as s:
+                req = self.core.get(s, request_id)
+                grant = s.exec(select(Grant).where(Grant.request_id == request_id)).first()
+            found = self._configured(req.resource)
+            if found is None or grant is None or not grant.identity:
+                return
+            oids = user_oids(self._monitor(found[0]), [grant.identity])
+        except ActivityUnavailable as exc:
+            log.warning("request %s: its database user's oid is unknown: %s", request_id, exc)
+            return
+        except Exception:
+            log.exception("request %s: looking up its database user's oid failed", request_id)
+            return
+        if grant.identity in oids:
+            with self.core.store.transaction() as s:
+                s.execute(
+                    update(Grant)
+                    .where(Grant.id == grant.id, Grant.identity == grant.identity)
+                    .values(db_user_oid=oids[grant.identity])
+                )
+
+    def _read_group(self, key: Key, users: dict[str, int | None]) -> dict[str, Activity]:
+        usernames = list(users)
+        try:
+            found: Statements = read_statements(self._monitor(key), users)
         except ActivityUnavailable as exc:
             log.warning("activity of %s user(s) unavailable: %s", len(usernames), exc)
             return {u: unavailable(str(exc)) for u in usernames}

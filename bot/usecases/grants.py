@@ -164,6 +164,7 @@ class Grants:
             return
         core.timers.at("expire", request_id, started + lifetime)
         self.deliver(request_id, issued.wrapping_token)
+        self.activity.remember(request_id)  # after the delivery: it never delays it
 
     def deliver(self, request_id: int, wrapping_token: str) -> bool:
         """DM the wrapping token. If Slack does not take it, that credential is revoked and a
@@ -231,6 +232,7 @@ class Grants:
         reason = self._deliver_once(request_id, issued.wrapping_token)
         if reason is not None:
             raise Later(reason)
+        self.activity.remember(request_id)
 
     def _deliver_once(self, request_id: int, wrapping_token: str) -> str | None:
         """One DM of the wrapping token, recorded as delivered; Slack's reason if it failed."""
@@ -706,6 +708,7 @@ def _credential_into(
             expires_at=expires,
             accessor_hmac=hmacs.get("accessor_hmac"),
             lease_hmac=hmacs.get("lease_hmac"),
+            db_user_oid=None,  # a new user: `ActivityReader.remember` looks its oid up
         )
     )
     s.refresh(grant)

@@ -1,4 +1,5 @@
-"""the Vault audit HMACs of each grant's token accessor and lease id (audit.vault_device)
+"""the Vault audit HMACs of each grant's token accessor and lease id (audit.vault_device), and
+the oid of its database user (activity:)
 
 Revision ID: 0005_activity
 Revises: 0004
@@ -22,10 +23,12 @@ def upgrade() -> None:
     with op.batch_alter_table("access_grant", schema=None) as batch_op:
         batch_op.add_column(sa.Column("accessor_hmac", sa.String(length=100), nullable=True))
         batch_op.add_column(sa.Column("lease_hmac", sa.String(length=100), nullable=True))
+        batch_op.add_column(sa.Column("db_user_oid", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
     """Downgrade schema."""
     with op.batch_alter_table("access_grant", schema=None) as batch_op:
+        batch_op.drop_column("db_user_oid")
         batch_op.drop_column("lease_hmac")
         batch_op.drop_column("accessor_hmac")
