@@ -387,7 +387,7 @@ def test_check_config_online_finds_missing_vault_capabilities(
     monkeypatch.setenv("VAULT_TOKEN", backends.bot_token)
     assert main(["check-config", "--online"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "4 migration(s) pending" in out and "OK, 2 resource(s)" in out
+    assert "5 migration(s) pending" in out and "OK, 2 resource(s)" in out
     assert slack.calls_to("auth.test")
     # A token with only Vault's default policy cannot issue anything.
     weak = backends.bao.client().auth.token.create(policies=["default"], ttl="10m")

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, select
 
+from bot.domain.activity import Activity
 from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
 from bot.domain.workflow import Event, Refused, State, check_revoker
@@ -543,7 +544,7 @@ class Grants:
         return None
 
     def _confirm(
-        self, revoked: list[Grant], at: datetime, readings: dict[int, Any] | None = None
+        self, revoked: list[Grant], at: datetime, readings: dict[int, Activity] | None = None
     ) -> tuple[set[int], list[int]]:
         """Vault confirmed these revocations: each grant ended, and its request with it if
         it was ending; the activity read before (`readings`) is recorded with the end. The ids
