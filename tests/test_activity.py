@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from datetime import timedelta
 
 import psycopg
@@ -22,7 +23,15 @@ from bot.sandbox.openbao import AUDIT_DEVICE, MONITOR_ROLE
 from bot.sandbox.stack import APPROVER, POLICY, REQUESTER, start_bot
 from bot.slack.ids import ActionId
 from bot.store import AuditEvent, Grant
-from tests.helpers import click, credential_dm, request_access, request_id_of, request_row, reveal
+from tests.helpers import (
+    click,
+    credential_dm,
+    request_access,
+    request_id_of,
+    request_row,
+    reveal,
+    wait_for,
+)
 from tests.test_vault_edge import check_config
 
 # The bot on both stores it supports.
@@ -132,6 +141,9 @@ def test_activity_of_a_used_grant_is_recorded_and_posted_without_literals(
     assert event.seq < revoked.seq
     replies = [m.text for m in slack.thread(*_thread(abot, rid))]
     assert any(f"What `{user}` ran: {summary}" in t for t in replies), replies
+    # The monitoring user that read it was revoked right after (Vault dropped it).
+    assert details["monitor"] not in _monitor_users_left(backends)
+    assert not backends.pg.can_login(details["monitor"], "x")
 
     everywhere = everything_stored(abot) + slack.everything_sent() + caplog.text
     for literal in LITERALS:
@@ -442,3 +454,50 @@ def test_summaries_group_by_kind_and_table_and_leave_transaction_control_out():
         "dst",
     )
     assert classify("DROP TABLE audit.old_orders")[:2] == ("DROP TABLE", "audit.old_orders")
+
+
+@BOTH
+def test_a_database_that_never_answers_costs_the_revocation_a_few_seconds_at_most(
+    backends, slack, clock, database_url, tmp_path, incidents
+):
+    """A listener that takes the connection and never answers (a hung server, a black-holed
+    route): the read gives up, the grant ends, the monitoring user is revoked anyway."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        policy = POLICY.replace(
+            "    emergency: true\n",
+            "    emergency: true\n    activity:\n"
+            f"      monitor_role: {MONITOR_ROLE}\n"
+            f'      dsn: "host=127.0.0.1 port={port} dbname=app sslmode=disable"\n',
+            1,
+        )
+        b = start_bot(
+            backends, slack, database_url, clock=clock, workdir=tmp_path, policy_text=policy
+        )
+        try:
+            reads_before = _monitor_reads(backends)
+            rid, user, password = granted(b, slack)
+            click(b, REQUESTER, credential_dm(slack), ActionId.REVOKE)
+            assert request_row(b, rid).state == State.REVOKED
+            assert not backends.pg.can_login(user, password)
+            (event,) = events(b, rid, Event.ACTIVITY)
+            summary = json.loads(event.details)["summary"]
+            assert summary.startswith("activity unavailable: cannot connect to the database: ")
+            assert "timeout" in summary
+            # One monitoring user at issue (the oid lookup), one at the end: both revoked.
+            assert _monitor_reads(backends) == reads_before + 2
+            wait_for(lambda: _monitor_users_left(backends) == [])
+        finally:
+            b.stop()
+
+
+def _monitor_users_left(backends) -> list[str]:
+    """Database users that hold pg_read_all_stats: only the monitoring role's have it."""
+    with psycopg.connect(backends.pg.url(), autocommit=True) as c:
+        rows = c.execute(
+            "SELECT r.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid "
+            "WHERE m.roleid = 'pg_read_all_stats'::regrole AND NOT r.rolname LIKE 'pg\\_%'"
+        ).fetchall()
+    return [r[0] for r in rows]
