@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bot.chart import draw_events_chart
+from bot.sandbox.openbao import AUDIT_DEVICE, MONITOR_ROLE
 from bot.sandbox.slack_fake import (
     FakeSlack,
     Message,
@@ -22,6 +23,7 @@ from bot.sandbox.stack import (
     APPROVER,
     APPROVER_2,
     NAMES,
+    POLICY,
     REQUESTER,
     SECURITY_CHANNEL,
     Backends,
@@ -30,6 +32,16 @@ from bot.sandbox.stack import (
 )
 from bot.slack.digest import digest_text
 from bot.slack.ids import ActionId, BlockId
+
+# The sandbox policy, recording what prod-db's grants ran and joinable with OpenBao's audit log.
+DEMO_POLICY = (
+    POLICY.replace(
+        "    emergency: true\n",
+        f"    emergency: true\n    activity: {{monitor_role: {MONITOR_ROLE}}}\n",
+        1,
+    )
+    + f"audit:\n  vault_device: {AUDIT_DEVICE}\n"
+)
 
 
 def _say(line: str = "") -> None:
@@ -90,6 +102,23 @@ def _break_the_glass(bot: Bot, backends: Backends, slack: FakeSlack) -> bool:
     return "reviewed by" in " ".join(render_blocks(parent.blocks, parent.text, NAMES))
 
 
+def _vault_join(bot: Bot, backends: Backends) -> None:
+    """The grant's Vault audit HMACs, and what they find in OpenBao's own audit log."""
+    from sqlmodel import select
+
+    from bot.store import Grant
+
+    with bot.runtime.store.read() as s:
+        grant = s.exec(select(Grant).order_by(Grant.id)).first()  # type: ignore[arg-type]
+    if grant is None or not grant.accessor_hmac:
+        return
+    entries = backends.bao.audit_entries()
+    found = sum(1 for e in entries if e.get("auth", {}).get("accessor") == grant.accessor_hmac)
+    _say("\n================ joined with OpenBao's audit log ================")
+    _say(f"  the grant's token accessor, as the audit device writes it: {grant.accessor_hmac}")
+    _say(f"  entries of OpenBao's audit log made with that token: {found}")
+
+
 def run_demo(out_dir: str | None = None) -> int:
     for name in ("", "alembic", "werkzeug", "apscheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -100,7 +129,11 @@ def run_demo(out_dir: str | None = None) -> int:
     bot = None
     try:
         bot = start_bot(
-            backends, slack, f"sqlite:///{Path(tmp.name) / 'breakglass.db'}", workdir=Path(tmp.name)
+            backends,
+            slack,
+            f"sqlite:///{Path(tmp.name) / 'breakglass.db'}",
+            workdir=Path(tmp.name),
+            policy_text=DEMO_POLICY,
         )
         d = bot.driver
         _say(f"Bot serving on {bot.server.url}; OpenBao at {backends.bao.addr}\n")
@@ -132,6 +165,12 @@ def run_demo(out_dir: str | None = None) -> int:
 
         ok = backends.pg.can_login(user, password)
         _say(f"4. Login to PostgreSQL as {user}: {'succeeded' if ok else 'FAILED'}")
+        if ok:
+            import psycopg
+
+            with psycopg.connect(backends.pg.url(user, password), autocommit=True) as c:
+                c.execute("SELECT datname FROM pg_database WHERE datname = 'app'")
+            _say("   (and looks around: its statements are recorded when the access ends)")
         _say("5. @alice clicks Revoke now")
         d.click(REQUESTER, dm, ActionId.REVOKE).raise_for_status()
         after = backends.pg.can_login(user, password)
@@ -146,6 +185,7 @@ def run_demo(out_dir: str | None = None) -> int:
         _say(f"  ── thread ({len(slack.thread(SECURITY_CHANNEL, parent.ts))} replies) ──")
         for reply in slack.thread(SECURITY_CHANNEL, parent.ts):
             _show(reply, "    ")
+        _vault_join(bot, backends)
         _say("\n================ @alice's private messages with the bot ================")
         for msg in slack.dms(REQUESTER):
             if msg.ts == dm.ts:

@@ -35,6 +35,42 @@ def _duration(value: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
+def _dsn(value: Any) -> str:
+    """A libpq connection string (keywords or a URL) naming where, never who."""
+    import psycopg
+    from psycopg import conninfo
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError('a libpq connection string, such as "host=db.internal dbname=app"')
+    try:
+        keys = conninfo.conninfo_to_dict(value)
+    except psycopg.Error:  # libpq's parser says only that it failed
+        raise ValueError(
+            "not a libpq connection string (keywords or a postgresql:// URL)"
+        ) from None
+    given = sorted({"user", "password", "passfile"} & set(keys))
+    if given:
+        raise ValueError(
+            f"holds {', '.join(given)}: the bot logs in with a short-lived monitoring credential "
+            "from Vault; give only where the database is (host, port, dbname, sslmode)"
+        )
+    return value
+
+
+class ActivitySettings(BaseModel):
+    """What a grant's database user ran, read from pg_stat_statements when the grant ends
+    (`activity:` of a vault-database resource on PostgreSQL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A role of the resource's mount whose users may read every user's statistics
+    # (GRANT pg_read_all_stats); the bot takes one short-lived user of it per read.
+    monitor_role: str = Field(min_length=1, max_length=128, pattern=r"^[^/\s]+$")
+    # Where the bot reaches the database, without credentials; absent: the connection Vault
+    # itself uses for the monitoring role (read from {mount}/config/{connection}).
+    dsn: Annotated[str, BeforeValidator(_dsn)] | None = None
+
+
 class Resource(BaseModel):
     """One thing that can be asked for."""
 
@@ -57,6 +93,8 @@ class Resource(BaseModel):
     # Approvals needed for a request made outside every maintenance window that applies to
     # the resource; absent: `approvals`.
     outside_window_approvals: int | None = Field(default=None, ge=1)
+    # vault-database only: record what the grant's database user ran; absent: nothing is read.
+    activity: ActivitySettings | None = None
 
     def approvals_needed(self, outside_window: bool | None) -> int:
         if outside_window and self.outside_window_approvals:
@@ -227,6 +265,15 @@ class ForwardSink(BaseModel):
         return self
 
 
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip("/"):
+        raise ValueError('the path of a Vault audit device, such as "file"')
+    path = value.strip("/")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", path):
+        raise ValueError(f"{value!r} is not an audit device path (letters, digits, _ . - and /)")
+    return path
+
+
 class AuditSettings(BaseModel):
     """How the audit trail is kept, protected and sent out (`audit:` in the policy)."""
 
@@ -240,6 +287,9 @@ class AuditSettings(BaseModel):
     # Every audit event is sent to each of these as it is written (and the ones before, per
     # the sink's `start`).
     forward: list[ForwardSink] = Field(default_factory=list)
+    # The Vault audit device whose HMACs each grant records for its token accessor and lease
+    # (sys/audit-hash/<device>), so a SIEM can join our trail with Vault's; absent: none.
+    vault_device: Annotated[str, BeforeValidator(_device)] | None = None
 
 
 def _retention(value: Any) -> timedelta:
@@ -502,6 +552,13 @@ def _cross_checks(policy: Policy) -> list[tuple[tuple, str]]:
         else:
             for key, message in options_problems(res.provider, res.options):
                 found.append(((*base, "options", *key), message))
+        if res.activity is not None and res.provider and res.provider != "vault-database":
+            found.append(
+                (
+                    (*base, "activity"),
+                    "only vault-database resources (on PostgreSQL) can record what was run",
+                )
+            )
     names: set[str] = set()
     for i, window in enumerate(policy.maintenance_windows):
         if not isinstance(window, MaintenanceWindow):

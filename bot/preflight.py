@@ -38,6 +38,15 @@ def required_capabilities(policy: Policy) -> dict[str, tuple[set[str], str]]:
             path = f"{mount}/creds/{res.options['role']}"
             caps, who = needed.get(path, (set(), []))
             needed[path] = (caps | {"read"}, [*who, f"resources.{name}"])
+            if res.activity is not None:
+                paths = [f"{mount}/creds/{res.activity.monitor_role}"]
+                if res.activity.dsn is None:  # where Vault connects, read from the role
+                    paths.append(f"{mount}/roles/{res.activity.monitor_role}")
+                for path in paths:
+                    caps, who = needed.get(path, (set(), []))
+                    needed[path] = (caps | {"read"}, [*who, f"resources.{name}.activity"])
+    if policy.audit.vault_device:
+        needed[f"sys/audit-hash/{policy.audit.vault_device}"] = ({"update"}, ["audit.vault_device"])
     if policy.audit.encrypt:
         from providers.transit import parse_key_path
 
@@ -45,6 +54,43 @@ def required_capabilities(policy: Policy) -> dict[str, tuple[set[str], str]]:
         for verb in ("encrypt", "decrypt"):
             needed[f"{mount}/{verb}/{key}"] = ({"update"}, ["audit.encrypt"])
     return {path: (caps, ", ".join(who)) for path, (caps, who) in needed.items()}
+
+
+def activity_problems(
+    client: hvac.Client, addr: str, policy: Policy, problems: list[str], notes: list[str]
+) -> None:
+    """Each monitoring role of an `activity:` exists; without a `dsn`, the bot may read the
+    connection Vault uses for it. Routes: GET {mount}/roles/{role}, POST
+    sys/capabilities-self."""
+    roles: dict[tuple[str, str, bool], list[str]] = {}
+    for name, res in policy.resources.items():
+        if res.provider == "vault-database" and res.activity is not None:
+            mount = str(res.options.get("mount", "database")).strip("/")
+            key = (mount, res.activity.monitor_role, res.activity.dsn is None)
+            roles.setdefault(key, []).append(name)
+    for (mount, role_name, from_vault), names in sorted(roles.items()):
+        path = f"{mount}/roles/{role_name}"
+        who = ", ".join(f"resources.{n}.activity" for n in names)
+        try:
+            role = read_role(client, mount, role_name)
+        except VaultForbidden:
+            notes.append(f"vault {addr}: cannot check {path} (needed by {who})")
+            continue
+        if role is None:
+            problems.append(f"vault {addr}: the monitoring role {path} does not exist ({who})")
+            continue
+        if not from_vault or not role.db_name:
+            continue
+        config = f"{mount}/config/{role.db_name}"
+        with vault_errors("sys/capabilities-self"):
+            resp = client.adapter.post("/v1/sys/capabilities-self", json={"paths": [config]})
+        granted = resp.get("data", resp) if isinstance(resp, dict) else resp.json()
+        have = set(granted.get(config, []))
+        if not ({"read", "root"} & have):
+            problems.append(
+                f"vault {addr}: the bot's token lacks read on {config} (where the database is, "
+                f"for {who}); grant it, or give the activity a dsn"
+            )
 
 
 def database_role_problems(
@@ -154,6 +200,7 @@ def online_problems(settings: Settings, policy: Policy) -> tuple[list[str], list
                     f"(needed by {who}); see bot/vault/breakglass-bot.hcl"
                 )
             database_role_problems(client, settings.vault_addr, policy, problems, notes)
+            activity_problems(client, settings.vault_addr, policy, problems, notes)
         except ProviderError as exc:
             problems.append(f"vault {settings.vault_addr}: {exc}")
 

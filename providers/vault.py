@@ -128,17 +128,34 @@ class VaultBackend:
     def from_auth(cls, auth: VaultAuth, *, token_role: str | None = None) -> VaultBackend:
         return cls(auth.client, token_role=token_role, auth=auth)
 
-    def child_client(self, token: str) -> hvac.Client:
-        """A client on the same Vault with another token (a child or a wrapping token)."""
+    def child_client(self, token: str, *, timeout: float | None = None) -> hvac.Client:
+        """A client on the same Vault with another token (a child or a wrapping token), or
+        with the bot's own token and a shorter `timeout`."""
         adapter = self.client.adapter
         return hvac.Client(
             url=adapter.base_uri,
             token=token,
             verify=adapter._kwargs.get("verify", True),
             cert=adapter._kwargs.get("cert"),
-            timeout=adapter._kwargs.get("timeout", 30),
+            timeout=timeout or adapter._kwargs.get("timeout", 30),
             namespace=adapter.namespace,
         )
+
+    def hurried(self, timeout: float) -> hvac.Client:
+        """The bot's own token, with calls that give up after `timeout` seconds: for work
+        that must never hold up what it runs before (reading a grant's activity)."""
+        return self.child_client(str(self.client.token), timeout=timeout)
+
+    def audit_hash(self, device: str, value: str, *, timeout: float | None = None) -> str:
+        """The HMAC that the audit device at `device` writes in place of `value`
+        ("hmac-sha256:…"), so our records can be joined with Vault's audit log.
+        Route: POST sys/audit-hash/{device}. https://openbao.org/api-docs/system/audit-hash/"""
+        route = f"sys/audit-hash/{device}"
+        client = self.hurried(timeout) if timeout else self.client
+        with vault_errors(route):
+            resp = client.sys.calculate_hash(device, value)
+            body = resp if isinstance(resp, dict) else resp.json()
+            return str((body.get("data") or body)["hash"])
 
     # ---- issuing: begin (child token), then finish (read, shorten, wrap) ------------------
 

@@ -49,6 +49,7 @@ class Event(StrEnum):
     DELIVERED = "delivered"  # the credential reached the requester's DM
     DELIVERY_FAILED = "delivery_failed"  # it did not: that credential was revoked
     REISSUED = "reissued"  # a fresh credential for an undelivered one
+    ACTIVITY = "activity"  # what the grant's database user ran, read before it was dropped
     # the post-incident review of an access that ended
     REVIEW_OPENED = "review_opened"
     REVIEW_REMINDED = "review_reminded"  # not done by its due time: reminded once, overdue

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,20 +69,52 @@ def bao_binary() -> str:
     return found
 
 
+AUDIT_DEVICE = "file"  # the path of the sandbox's file audit device (sys/audit-hash/file)
+
+
+def audit_config(log_path: Path, device: str = AUDIT_DEVICE) -> str:
+    """A server configuration declaring one file audit device writing to `log_path`. OpenBao
+    (2.x) refuses to enable audit devices through the API unless
+    `unsafe_allow_api_audit_creation` is set; declared in the configuration, the device exists
+    from the start. https://openbao.org/docs/configuration/audit/"""
+    return (
+        f'audit "file" {json.dumps(device)} {{\n'
+        '  description = "breakglass sandbox: every request, its secrets HMAC\'d"\n'
+        "  options {\n"
+        f"    file_path = {json.dumps(str(log_path))}\n"
+        "  }\n"
+        "}\n"
+    )
+
+
 @dataclass
 class OpenBaoServer:
-    """`bao server -dev` on a free loopback port; root token known, state in memory only."""
+    """`bao server -dev` on a free loopback port; root token known, state in memory only.
+    Its file audit device (`AUDIT_DEVICE`) writes to `audit_log`, one JSON object a line."""
 
     root_token: str = field(default_factory=lambda: secrets.token_hex(12))
     port: int = 0
     process: subprocess.Popen | None = None
+    audit_log: Path | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
 
     @property
     def addr(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def audit_entries(self) -> list[dict]:
+        """Every entry the audit device wrote so far (requests and responses)."""
+        if self.audit_log is None or not self.audit_log.exists():
+            return []
+        with self.audit_log.open() as f:
+            return [json.loads(line) for line in f if line.strip()]
+
     def start(self, timeout: float = 15.0) -> OpenBaoServer:
         self.port = self.port or free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="bg-bao-")
+        self.audit_log = Path(self._tmp.name) / "audit.log"
+        config = Path(self._tmp.name) / "audit.hcl"
+        config.write_text(audit_config(self.audit_log))
         self.process = subprocess.Popen(
             [
                 bao_binary(),
@@ -88,6 +122,7 @@ class OpenBaoServer:
                 "-dev",
                 f"-dev-root-token-id={self.root_token}",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
+                f"-config={config}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -107,6 +142,9 @@ class OpenBaoServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def client(self, token: str | None = None) -> hvac.Client:
         return hvac.Client(url=self.addr, token=token or self.root_token)
@@ -118,6 +156,18 @@ class OpenBaoServer:
         self.stop()
 
 
+MONITOR_ROLE = "breakglass-monitor"  # reads pg_stat_statements when a grant ends
+# The monitoring role's statements, as the README tells an admin to create it.
+MONITOR_CREATION = [
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+    'GRANT pg_read_all_stats TO "{{name}}";',
+]
+MONITOR_REVOCATION = [
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
+    'DROP ROLE IF EXISTS "{{name}}";',
+]
+
+
 def configure_database_engine(
     root: hvac.Client,
     pg: EmbeddedPostgres,
@@ -125,9 +175,11 @@ def configure_database_engine(
     mount: str = "database",
     roles: dict[str, str] | None = None,
     connection: str = "sandbox-pg",
+    monitor_role: str | None = MONITOR_ROLE,
 ) -> None:
     """Enable the database engine against `pg` and create `roles` (name: max_ttl), as a
-    Vault admin would. Default: one role, `breakglass-rw`, up to 24 h."""
+    Vault admin would. Default: one role, `breakglass-rw`, up to 24 h. With `monitor_role`,
+    also the short-lived monitoring role that may read every user's pg_stat_statements."""
     roles = roles or {"breakglass-rw": "24h"}
     if f"{mount}/" not in root.sys.list_mounted_secrets_engines()["data"]:
         root.sys.enable_secrets_engine("database", path=mount)
@@ -137,7 +189,7 @@ def configure_database_engine(
         connection_url=pg.vault_connection_url(),
         username=pg.admin_user,
         password=pg.admin_password,
-        allowed_roles=list(roles),
+        allowed_roles=[*roles, *([monitor_role] if monitor_role else [])],
         mount_point=mount,
         verify_connection=True,
     )
@@ -158,6 +210,16 @@ def configure_database_engine(
             ],
             default_ttl=max_ttl,  # the bot shortens each lease to its grant
             max_ttl=max_ttl,
+            mount_point=mount,
+        )
+    if monitor_role:
+        root.secrets.database.create_role(
+            name=monitor_role,
+            db_name=connection,
+            creation_statements=MONITOR_CREATION,
+            revocation_statements=MONITOR_REVOCATION,
+            default_ttl="5m",  # the bot revokes it right after reading
+            max_ttl="5m",
             mount_point=mount,
         )
 

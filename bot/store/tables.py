@@ -135,6 +135,13 @@ class Grant(SQLModel, table=True):
     revoke_failing_since: datetime | None = _ts()
     revoke_error: str | None = Field(default=None, max_length=300)
     revoke_alerted: bool = False
+    # What Vault's audit device (audit.vault_device) writes for the token accessor and the
+    # lease id: joins this grant with Vault's audit log. None: no device, or unknown.
+    accessor_hmac: str | None = Field(default=None, max_length=100)
+    lease_hmac: str | None = Field(default=None, max_length=100)
+    # The database user's oid, looked up at issue where the resource records `activity:`: its
+    # pg_stat_statements rows are still found by it once the user is dropped.
+    db_user_oid: int | None = Field(default=None, sa_type=sa.BigInteger)
 
 
 class AuditEvent(SQLModel, table=True):

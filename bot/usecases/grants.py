@@ -16,17 +16,20 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, select
 
+from bot.domain.activity import Activity
 from bot.domain.durations import format_duration
 from bot.domain.notices import Notice, NoticeKind
 from bot.domain.redaction import mask
 from bot.domain.workflow import Event, Refused, State, check_revoker
 from bot.store import AccessRequest, Grant, OutboxEntry
+from bot.usecases.activity import ActivityReader
 from bot.usecases.batch import Combined
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.effects import Later
 from bot.usecases.ports import Courier, utcnow
 from bot.usecases.reviews import Reviews
 from bot.usecases.stats import VAULT_ERRORS
+from bot.usecases.vault_audit import vault_hmacs
 from providers import (
     GrantSpec,
     IssuedCredential,
@@ -61,6 +64,8 @@ class Grants:
         self._expiring = Combined(self.expire_many)
         # Revocations that come due together go to Vault together.
         self._pool = ThreadPoolExecutor(REVOKE_THREADS, "revoke")
+        # What each ending grant's database user ran, read before Vault drops it.
+        self.activity = ActivityReader(core)
 
     # ---- issue and deliver ----------------------------------------------------------------
 
@@ -117,6 +122,7 @@ class Grants:
         except Exception as exc:
             self.fail_issue(request_id, _why(exc, request_id))
             return
+        hmacs = vault_hmacs(core.backend, core.policy.audit.vault_device, issued)
         lifetime = min(spec.duration, issued.expires_at - issued.issued_at)
         capped = lifetime < spec.duration
         note = (
@@ -129,7 +135,7 @@ class Grants:
             with core.store.transaction() as s:
                 req = core.lock(s, request_id)
                 grant = self._grant_of(s, request_id)
-                _credential_into(s, grant, issued, started + lifetime)
+                _credential_into(s, grant, issued, started + lifetime, hmacs)
                 core.move(
                     s,
                     req,
@@ -141,6 +147,7 @@ class Grants:
                         "lease_id": issued.lease_id,
                         "token_accessor": issued.token_accessor,
                         "expires_at": (started + lifetime).isoformat(),
+                        **hmacs,
                         **(
                             {"capped_by_vault_seconds": int(lifetime.total_seconds())}
                             if capped
@@ -159,6 +166,7 @@ class Grants:
             return
         core.timers.at("expire", request_id, started + lifetime)
         self.deliver(request_id, issued.wrapping_token)
+        self.activity.remember(request_id)  # after the delivery: it never delays it
 
     def deliver(self, request_id: int, wrapping_token: str) -> bool:
         """DM the wrapping token. If Slack does not take it, that credential is revoked and a
@@ -211,20 +219,22 @@ class Grants:
             issued = provider.issue(spec, child)
         except ProviderError as exc:
             raise Later(str(exc)) from None
+        hmacs = vault_hmacs(core.backend, core.policy.audit.vault_device, issued)
         with core.store.transaction() as s:
             core.lock(s, request_id)
             fresh = self._grant_of(s, request_id)
-            _credential_into(s, fresh, issued, fresh.expires_at)
+            _credential_into(s, fresh, issued, fresh.expires_at, hmacs)
             core.record(
                 s,
                 request_id,
                 Event.REISSUED,
                 SYSTEM,
-                {"identity": issued.identity, "token_accessor": issued.token_accessor},
+                {"identity": issued.identity, "token_accessor": issued.token_accessor, **hmacs},
             )
         reason = self._deliver_once(request_id, issued.wrapping_token)
         if reason is not None:
             raise Later(reason)
+        self.activity.remember(request_id)
 
     def _deliver_once(self, request_id: int, wrapping_token: str) -> str | None:
         """One DM of the wrapping token, recorded as delivered; Slack's reason if it failed."""
@@ -522,12 +532,15 @@ class Grants:
         "ended" only once Vault confirmed. On failure: backoff capped at 30 s, one thread
         notice when it starts failing, one alert when it is stuck. The ids that ended."""
         owed = [g for g in grants if g.ended_at is None and g.revoke_next_at is not None]
+        readings = self.activity.read(owed)  # time-boxed; recorded only with a confirmed end
         if len(owed) > 1:
             errors = list(self._pool.map(self._revoke_in_vault, owed))
         else:
             errors = [self._revoke_in_vault(g) for g in owed]
         ended, swapped = self._confirm(
-            [g for g, error in zip(owed, errors, strict=True) if error is None], now(self.core)
+            [g for g, error in zip(owed, errors, strict=True) if error is None],
+            now(self.core),
+            readings,
         )
         for grant, error in zip(owed, errors, strict=True):
             if error is not None:
@@ -546,9 +559,12 @@ class Grants:
             return str(exc)
         return None
 
-    def _confirm(self, revoked: list[Grant], at: datetime) -> tuple[set[int], list[int]]:
+    def _confirm(
+        self, revoked: list[Grant], at: datetime, readings: dict[int, Activity] | None = None
+    ) -> tuple[set[int], list[int]]:
         """Vault confirmed these revocations: each grant ended, and its request with it if
-        it was ending. The ids that ended, and those whose credential was swapped meanwhile."""
+        it was ending; the activity read before (`readings`) is recorded with the end. The ids
+        that ended, and those whose credential was swapped meanwhile."""
         if not revoked:
             return set(), []
         core = self.core
@@ -574,6 +590,7 @@ class Grants:
             for req, _ in done:
                 if req.state != State.ENDING:
                     log.info("request %s (%s): its credential is revoked", req.id, req.state)
+            self.activity.record(s, done, readings or {})
             self._ended(s, [(r, g) for r, g in done if r.state == State.ENDING])
         return {r.id for r, _ in done}, swapped
 
@@ -692,7 +709,14 @@ def _check_reveal(req: AccessRequest, grant: Grant | None, actor: str, at: datet
         )
 
 
-def _credential_into(s: Session, grant: Grant, issued: IssuedCredential, expires: datetime) -> None:
+def _credential_into(
+    s: Session,
+    grant: Grant,
+    issued: IssuedCredential,
+    expires: datetime,
+    hmacs: dict[str, Any] | None = None,
+) -> None:
+    hmacs = hmacs or {}
     s.execute(
         update(Grant)
         .where(Grant.id == grant.id)
@@ -703,6 +727,9 @@ def _credential_into(s: Session, grant: Grant, issued: IssuedCredential, expires
             wrap_accessor=issued.wrap_accessor,
             wrap_expires_at=issued.wrap_expires_at,
             expires_at=expires,
+            accessor_hmac=hmacs.get("accessor_hmac"),
+            lease_hmac=hmacs.get("lease_hmac"),
+            db_user_oid=None,  # a new user: `ActivityReader.remember` looks its oid up
         )
     )
     s.refresh(grant)

@@ -33,14 +33,21 @@ path "auth/token/renew-self" {
   capabilities = ["update"]
 }
 
-# vault-database: dynamic credentials from any role of the `database` mount.
+# vault-database: dynamic credentials from any role of the `database` mount (with
+# `activity:`, also the bot's own short-lived monitoring users, revoked right after reading).
 path "database/creds/*" {
   capabilities = ["read"]
 }
-# `check-config --online` only: that each resource's role exists and that its max_ttl is not
-# below the resource's max_duration. A role holds SQL statements and TTLs, no secret (the
-# connection's password is under database/config/, which stays out of reach).
+# `check-config --online`: that each resource's role exists and that its max_ttl is not
+# below the resource's max_duration. Resources with `activity:` and no `dsn`: which
+# connection the monitoring role uses. A role holds SQL statements and TTLs, no secret.
 path "database/roles/*" {
+  capabilities = ["read"]
+}
+# Resources with `activity:` and no `dsn` only: where the database is, as Vault connects to
+# it (the connection_url template; Vault never returns the connection's password). Name the
+# connection instead of * to allow less; with a `dsn` in every `activity:`, leave it out.
+path "database/config/*" {
   capabilities = ["read"]
 }
 # `check-config --online` only: the mount's max lease TTL, for roles whose max_ttl is 0.
@@ -67,6 +74,13 @@ path "sys/wrapping/unwrap" {
   capabilities = ["update"]
 }
 path "sys/wrapping/lookup" {
+  capabilities = ["update"]
+}
+
+# `audit: {vault_device: file}` only: the HMACs Vault's audit device writes for each grant's
+# token accessor and lease id, so a SIEM can join our trail with Vault's audit log. Name the
+# policy's device here (this is the sandbox's, `file`).
+path "sys/audit-hash/file" {
   capabilities = ["update"]
 }
 

@@ -201,6 +201,8 @@ def event_text(card: Card, event: Event, actor: str, note: str = "") -> str:
         Event.DELIVERY_FAILED: f":warning: The credential could not be delivered ({escape(note)}); "
         "it was revoked and a fresh one goes out as soon as Slack answers.",
         Event.REISSUED: ":arrows_counterclockwise: A fresh credential was issued for delivery.",
+        Event.ACTIVITY: f":mag_right: What `{escape(card.grant.identity if card.grant else '')}` "
+        f"ran: {escape(note)}",
         Event.REVIEW_OPENED: f":mag: A review of this access is owed{_due(card)}. "
         + _reviewers(card, "click Review below, or see `/breakglass reviews`."),
         Event.REVIEW_REMINDED: f":warning: *Review overdue*{_due(card, 'was due')}. "
