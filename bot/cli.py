@@ -637,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from bot.runtime import quiet_secret_loggers
+    from bot.logmask import quiet_secret_loggers
 
     quiet_secret_loggers()  # before any library logs: its payloads may carry secrets
     return args.func(args)

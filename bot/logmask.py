@@ -77,3 +77,29 @@ def install_crash_hooks() -> None:
     test runner keeps its own hooks)."""
     sys.excepthook = _print_masked
     threading.excepthook = _thread_hook
+
+
+# Libraries whose DEBUG lines carry whole requests and payloads: Slack's Web API bodies (the
+# reveal modal holds the credential), Bolt's and Socket Mode's incoming payloads (a Reveal
+# click carries the wrapping token), urllib3's request lines.
+_TALKATIVE = ("slack_sdk", "slack_bolt", "urllib3", "hvac")
+
+
+def _no_library_debug(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.INFO or not record.name.startswith(_TALKATIVE)
+
+
+def quiet_secret_loggers() -> None:
+    """Drop those libraries' DEBUG records whatever level anyone sets, in HTTP and Socket Mode
+    alike: on their loggers (Bolt copies the root's level into each of its own) and on every
+    handler of the root logger, which sees what child loggers propagate. And every record
+    made from now on, by any logger, passes the redaction function (`bot.logmask`)."""
+    install()
+    for name in (*_TALKATIVE, "slack_sdk.web.base_client", "slack_sdk.socket_mode"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if _no_library_debug not in logger.filters:
+            logger.addFilter(_no_library_debug)
+    for handler in logging.getLogger().handlers:
+        if _no_library_debug not in handler.filters:
+            handler.addFilter(_no_library_debug)
