@@ -129,7 +129,8 @@ else:  # the floor: the same rows, sha256 over each row's canonical JSON
             count += 1
 took = time.perf_counter() - started
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-print(json.dumps({"count": count, "seconds": took, "rss_kib": grown}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"count": count, "seconds": took, "rss_kib": grown, "peak_kib": peak}))
 """
 
 
@@ -198,9 +199,10 @@ def measure(name: str, url: str, n: int, appends: int) -> None:
     rate, floor_rate = ours["count"] / ours["seconds"], floor["count"] / floor["seconds"]
     print(
         f"  audit verify: {rate:10,.0f} events/s ({ours['seconds']:.1f} s), "
-        f"peak memory +{ours['rss_kib'] / 1024:.0f} MB   "
-        f"floor (plain cursor + sha256 of each row's JSON): {floor_rate:10,.0f} events/s, "
-        f"+{floor['rss_kib'] / 1024:.0f} MB   ratio {floor_rate / rate:.2f}x"
+        f"peak RSS {ours['peak_kib'] / 1024:.0f} MB (+{ours['rss_kib'] / 1024:.0f} MB "
+        f"while verifying)   floor (plain cursor + sha256 of each row's JSON): "
+        f"{floor_rate:10,.0f} events/s, peak RSS {floor['peak_kib'] / 1024:.0f} MB   "
+        f"floor/ours {floor_rate / rate:.2f}x"
     )
     ours_append, floor_append = appending(engine, appends)
     print(

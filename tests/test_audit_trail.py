@@ -29,6 +29,7 @@ from tests.helpers import (
     request_id_of,
     request_row,
     tamper,
+    wait_for,
 )
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -453,3 +454,42 @@ def _every_text(store: Store) -> str:
             for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):  # noqa: S608
                 out.append(" ".join(str(v) for v in row))
     return "\n".join(out)
+
+
+@pytest.mark.faults
+def test_with_vault_down_a_sealed_request_is_refused_in_the_modal_and_nothing_half_kept(
+    backends, slack, clock, database_url, tmp_path, vault_proxy
+):
+    from bot.sandbox.slack_fake import request_values
+    from tests.helpers import open_modal
+
+    bot = start_bot(
+        backends,
+        slack,
+        database_url,
+        clock=clock,
+        workdir=tmp_path,
+        policy_text=SEALED,
+        vault_token=transit_token(backends),
+        vault_addr=vault_proxy.url,
+    )
+    try:
+        view = open_modal(bot, slack)
+        vault_proxy.refuse()
+        r = bot.driver.submit_view(
+            REQUESTER, view, request_values("prod-db", "30m", JUSTIFICATION, "INC-1")
+        )
+        assert r.status_code == 200
+        # The modal closed (acked first); the person is told why nothing was recorded.
+        told = wait_for(lambda: [m for m in slack.dms(REQUESTER) if "nothing was" in m.text])
+        assert "stored encrypted with Vault, so nothing was recorded" in told[0].text
+        with bot.runtime.store.read() as s:
+            assert s.exec(select(AccessRequest)).all() == []
+            assert s.exec(select(AuditEvent)).all() == []
+        assert JUSTIFICATION[:30] not in _every_text(bot.runtime.store)
+        # Vault back: the same form files, sealed.
+        vault_proxy.restore()
+        parent = request_access(bot, slack)
+        assert request_row(bot, request_id_of(parent)).justification.startswith("sealed:")
+    finally:
+        bot.stop()

@@ -199,7 +199,26 @@ def append_many(session: Session, new: list[NewEvent]) -> list[AuditEvent]:
         .values(hash=events[-1].hash)
         .execution_options(synchronize_session=False)
     )
-    session.add_all(events)
+    # One executemany, no unit of work: the events are returned as values, never flushed
+    # again (nothing may change an event once written).
+    session.execute(
+        sa.insert(AuditEvent.__table__),  # type: ignore[attr-defined]
+        [
+            {
+                "seq": e.seq,
+                "at": e.at,
+                "actor": e.actor,
+                "action": e.action,
+                "request_id": e.request_id,
+                "details": e.details,
+                "details_hash": e.details_hash,
+                "v": e.v,
+                "prev_hash": e.prev_hash,
+                "hash": e.hash,
+            }
+            for e in events
+        ],
+    )
     return events
 
 

@@ -16,7 +16,7 @@ from bot.policy import Policy, Resource
 from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, Store, audit, outbox
 from bot.usecases.effects import Effects
 from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
-from providers import VaultBackend
+from providers import ProviderError, VaultBackend
 from providers.transit import Sealer
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,17 @@ class Core:
         )
 
     # ---- changing -----------------------------------------------------------------------
+
+    def seal(self, text: str | None) -> str | None:
+        """Free text as it is stored: sealed with the transit key when audit.encrypt is set.
+        Vault failing to seal it refuses the whole action (nothing is recorded half-way)."""
+        try:
+            return self.sealer.seal(text)
+        except ProviderError as exc:
+            raise Refused(
+                f"{exc}. What you wrote is stored encrypted with Vault, so nothing was "
+                "recorded; try again once Vault answers"
+            ) from None
 
     def lock(self, session: Session, request_id: int) -> AccessRequest:
         """The request row, locked until the transaction ends (PostgreSQL; SQLite has one
