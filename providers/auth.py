@@ -27,8 +27,14 @@ from providers.vault import vault_errors
 VAULT_CONNECTIONS = 32
 
 
-def _pooled_session() -> requests.Session:
+def _pooled_session(
+    verify: bool | str = True, cert: tuple[str, str] | None = None
+) -> requests.Session:
+    """A session with a pool for the threads that call Vault. hvac takes TLS settings from a
+    session it is given over its own arguments (hvac issue 991), so they are set here."""
     session = requests.Session()
+    session.verify = verify
+    session.cert = cert
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=VAULT_CONNECTIONS)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -111,6 +117,7 @@ class VaultAuth:
         timeout: float = 10.0,
         verify: bool | str = True,
         namespace: str | None = None,
+        cert: tuple[str, str] | None = None,
         interval: float = 60.0,
     ):
         self.method = method
@@ -120,9 +127,12 @@ class VaultAuth:
             "timeout": timeout,
             "verify": verify,
             "namespace": namespace,
+            "cert": cert,
         }
         token = method.token if isinstance(method, TokenLogin) else None
-        self.client = hvac.Client(token=token, session=_pooled_session(), **self._client_args)
+        self.client = hvac.Client(
+            token=token, session=_pooled_session(verify, cert), **self._client_args
+        )
         self._lock = threading.Lock()
         self._ends_at: float | None = None  # monotonic: the token's TTL runs out (last seen)
         self._hard_end: float | None = None  # monotonic: the token ends, renewed or not
@@ -388,4 +398,18 @@ def vault_auth_from_env(
         )
     else:
         method = TokenLogin(None)
-    return VaultAuth(addr, method, timeout=timeout, interval=interval)
+    return VaultAuth(addr, method, timeout=timeout, interval=interval, **tls_and_namespace(env))
+
+
+def tls_and_namespace(env: Mapping[str, str]) -> dict[str, Any]:
+    """What Vault's own CLI reads for TLS and namespaces: VAULT_CACERT (a CA file; it wins
+    over VAULT_CAPATH, a directory), VAULT_CLIENT_CERT with VAULT_CLIENT_KEY (mutual TLS),
+    VAULT_NAMESPACE (Vault Enterprise and OpenBao namespaces)."""
+    verify: bool | str = env.get("VAULT_CACERT") or env.get("VAULT_CAPATH") or True
+    cert = env.get("VAULT_CLIENT_CERT")
+    key = env.get("VAULT_CLIENT_KEY")
+    return {
+        "verify": verify,
+        "cert": (cert, key) if cert and key else None,
+        "namespace": env.get("VAULT_NAMESPACE") or None,
+    }

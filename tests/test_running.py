@@ -360,6 +360,15 @@ def test_demo_plays_the_whole_flow_and_cleans_up(tmp_path, tmp_path_factory):
     assert {"bao", "postgres"} <= seen, f"saw only {seen}"
     assert "Login to PostgreSQL as v-" in out and ": succeeded" in out
     assert "after revocation: refused" in out
+    # PostgreSQL's own words, and the pending card with its buttons before the approval.
+    assert 'PostgreSQL said: FATAL:  password authentication failed for user "v-' in out
+    assert out.index("[Approve] [Deny]") < out.index("2. @bob approves")
+    # A generated username is never split across lines (it is copied from here).
+    import re
+
+    for name in set(re.findall(r"v-token-[A-Za-z0-9_-]+", out)):
+        assert name.endswith(tuple("0123456789")), f"username cut: {name}"
+    assert "`bao unwrap`" in out
     assert "#security" in out and "Approved by @bob" in out and "Revoked by @alice" in out
     assert "audit chain intact" in out
     assert "@carol broke the glass" in out and "reviewed by @bob: legitimate" in out

@@ -123,6 +123,17 @@ class EmbeddedPostgres:
             c.execute(f'CREATE DATABASE "{name}"')
         return self.sqlalchemy_url(name)
 
+    def login_error(self, user: str, password: str) -> str | None:
+        """None when `user`/`password` opens a session and runs a query; else what
+        PostgreSQL answered (its FATAL line), as psql would show it."""
+        try:
+            with psycopg.connect(self.url(user, password), connect_timeout=5) as c:
+                c.execute("SELECT 1")
+            return None
+        except psycopg.OperationalError as exc:
+            text = str(exc).strip()
+            return text[text.index("FATAL:") :].splitlines()[0] if "FATAL:" in text else text
+
     def can_login(self, user: str, password: str) -> bool:
         """True when `user`/`password` opens a session and runs a query."""
         try:

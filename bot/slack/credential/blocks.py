@@ -89,7 +89,8 @@ def credential_message(
         ),
         SectionBlock(
             block_id=BlockId.WRAPPED_TOKEN,
-            text=f"Reveal it here, or from a terminal: `{addr}vault unwrap {wrapping_token}`",
+            text=f"Reveal it here, or from a terminal: `{addr}vault unwrap {wrapping_token}` "
+            "(with OpenBao's CLI: `bao unwrap`, the same token)",
         ),
         ActionsBlock(
             block_id=BlockId.CREDENTIAL_ACTIONS,
@@ -101,7 +102,8 @@ def credential_message(
         ContextBlock(
             elements=[
                 MarkdownTextObject(
-                    text="Use either Reveal or `vault unwrap`, not both: the token works once, "
+                    text="Use either Reveal or `vault unwrap` (`bao unwrap`), not both: the "
+                    "token works once, "
                     "and a second unwrap is reported to security as tampering."
                 )
             ]
