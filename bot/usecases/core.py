@@ -16,7 +16,7 @@ from bot.policy import Policy, Resource
 from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, Store, audit, outbox
 from bot.usecases.effects import Effects
 from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
-from providers import VaultBackend
+from providers import ProviderError, VaultBackend
 from providers.transit import Sealer
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,20 @@ class Core:
     sealer: Sealer = field(default_factory=lambda: Sealer(None))
     # Called once a transaction that wrote audit events committed (the forwarders' wake).
     on_audit: Callable[[], None] | None = None
+
+    def seal(self, text: str | None, what: str) -> str | None:
+        """`text` as stored: sealed when audit.encrypt is set. When Vault cannot seal it now
+        (unreachable, the key missing), Refused before anything is recorded, so that the
+        person who typed it hears that `what` was not recorded and why, rather than an
+        internal error."""
+        try:
+            return self.sealer.seal(text)
+        except ProviderError as exc:
+            log.error("cannot seal free text with %s: %s", self.sealer.path, exc)
+            raise Refused(
+                f"{what} was not recorded: the bot could not encrypt it with Vault ({exc}). "
+                "Nothing changed; try again in a minute, or ask in the security channel"
+            ) from None
 
     # ---- reading ----------------------------------------------------------------------
 
