@@ -15,9 +15,10 @@ from bot.domain.durations import format_duration
 from bot.store import AccessRequest, audit
 from providers.transit import is_sealed
 
-# Stored text is checked at input, but an edited row could hold anything: nothing printed
-# may move the terminal's cursor or change its colours.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Stored text is checked at input, but an edited row (or a table name a grant's database
+# user chose, in an activity event) could hold anything: nothing printed may move the
+# terminal's cursor, change its colours, or reorder the text around it (bidi controls).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 INDENT = "    "
 
 

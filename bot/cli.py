@@ -256,11 +256,13 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         )
         return 1
     except OSError as exc:
-        print(f"breakglass audit export: cannot write: {exc.strerror}", file=sys.stderr)
+        where = f" {args.output}" if args.output else ""
+        print(f"breakglass audit export: cannot write{where}: {exc.strerror}", file=sys.stderr)
         return 1
     finally:
-        if partial and not out.closed:
+        if partial:
             out.close()
+            # Renamed once complete; if it is still here, the export failed: nothing half.
             Path(partial).unlink(missing_ok=True)
         engine.dispose()
     if args.output:

@@ -15,7 +15,7 @@ from bot.domain.durations import format_duration
 from bot.policy import Policy
 from bot.settings import Settings
 from bot.store import create_db_engine
-from providers import ProviderError, VaultForbidden
+from providers import ProviderError, VaultForbidden, VaultRejected
 from providers.vault import mount_max_lease_ttl, vault_client_from_env, vault_errors
 from providers.vault_database import read_role
 
@@ -158,6 +158,25 @@ def forwarding_notes(engine: Engine, policy: Policy, notes: list[str]) -> None:
                 )
 
 
+def transit_problems(client: hvac.Client, addr: str, policy: Policy, problems: list[str]) -> None:
+    """audit.encrypt: the key must exist, not only the token's capabilities on its paths (a
+    key never created passes those, and every request would be refused): seal a word and
+    open it again, as the bot will."""
+    if not policy.audit.encrypt or any("(needed by audit.encrypt)" in p for p in problems):
+        return  # the token's missing capabilities are reported already
+    from providers.transit import Sealer
+
+    sealer = Sealer(client, policy.audit.encrypt)
+    try:
+        if sealer.open(sealer.seal("breakglass check-config")) != "breakglass check-config":
+            raise VaultRejected("the text did not come back as it was")
+    except ProviderError as exc:
+        problems.append(
+            f"vault {addr}: audit.encrypt: cannot encrypt with {policy.audit.encrypt} ({exc}); "
+            "create the key (`vault write -f transit/keys/NAME`) or fix the path"
+        )
+
+
 def online_problems(settings: Settings, policy: Policy) -> tuple[list[str], list[str]]:
     """(problems, notes) found by talking to the database, Vault and Slack."""
     problems: list[str] = []
@@ -201,6 +220,7 @@ def online_problems(settings: Settings, policy: Policy) -> tuple[list[str], list
                 )
             database_role_problems(client, settings.vault_addr, policy, problems, notes)
             activity_problems(client, settings.vault_addr, policy, problems, notes)
+            transit_problems(client, settings.vault_addr, policy, problems)
         except ProviderError as exc:
             problems.append(f"vault {settings.vault_addr}: {exc}")
 

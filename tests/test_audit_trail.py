@@ -481,8 +481,8 @@ def test_with_vault_down_a_sealed_request_is_refused_in_the_modal_and_nothing_ha
         )
         assert r.status_code == 200
         # The modal closed (acked first); the person is told why nothing was recorded.
-        told = wait_for(lambda: [m for m in slack.dms(REQUESTER) if "nothing was" in m.text])
-        assert "stored encrypted with Vault, so nothing was recorded" in told[0].text
+        told = wait_for(lambda: [m for m in slack.dms(REQUESTER) if "not recorded" in m.text])
+        assert "could not encrypt it with Vault" in told[0].text
         with bot.runtime.store.read() as s:
             assert s.exec(select(AccessRequest)).all() == []
             assert s.exec(select(AuditEvent)).all() == []

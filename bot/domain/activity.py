@@ -38,6 +38,17 @@ _DML = {
     ast.MergeStmt: "MERGE",
 }
 _LITERALS = {"SCONST", "USCONST", "BCONST", "XCONST"}
+# A quoted identifier may hold any character but NUL: the grant's user chose it, and it
+# reaches the security channel and `audit show`. Control characters, line and paragraph
+# separators and text-direction controls ("x\u202etxt.exe" shows as "xexe.txt") are shown as
+# "?", as the request form refuses them from people.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def _shown(text: str | None) -> str | None:
+    return None if text is None else _UNSAFE.sub("?", text)
+
+
 _COMMENTS = {"SQL_COMMENT", "C_COMMENT"}
 
 
@@ -178,7 +189,7 @@ def summarize(stats: list[StatementStat]) -> Activity:
     if not stats:
         return Activity(NEVER_USED, {"available": True, "calls": 0, "statements": []})
     statements = [
-        Statement(kind, table, s.calls, s.rows, s.database, text, quiet)
+        Statement(kind, _shown(table), s.calls, s.rows, _shown(s.database), _shown(text), quiet)
         for s in stats
         for kind, table, text, quiet in [classify(s.query)]
     ]

@@ -76,12 +76,20 @@ def parse(text: str, source: str = "") -> list[Anchor]:
     log, a copy-paste), in order."""
     found = []
     for number, line in enumerate(text.splitlines(), start=1):
-        for m in _LINE.finditer(line.replace("\\n", " ")):
-            at = datetime.strptime(m["at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        # JSON (a Slack export) may escape the newline before the line and every slash of
+        # its base64 signature (`\/`): read the line as it was posted.
+        for m in _LINE.finditer(line.replace("\\n", " ").replace("\\/", "/")):
+            try:
+                at = datetime.strptime(m["at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            except ValueError:  # no such time (month 13): not a line the bot wrote
+                continue
             found.append(
                 Anchor(int(m["seq"]), m["hash"], at, m["sig"], f"{source}:{number}".lstrip(":"))
             )
     return found
+
+
+_KEY_FILE_LIMIT = 64 * 1024  # a key file is a few hundred bytes; never read a huge one whole
 
 
 def _material(value: str) -> bytes:
@@ -91,9 +99,10 @@ def _material(value: str) -> bytes:
         path = Path(value)
         try:
             if path.is_file():
-                return path.read_bytes().strip()
-        except OSError:
-            pass
+                with path.open("rb") as f:
+                    return f.read(_KEY_FILE_LIMIT).strip()
+        except OSError as exc:  # it names a file the process may not read: say so
+            raise KeyProblem(f"cannot read the key file ({exc.strerror})") from None
     return value.encode()
 
 
@@ -111,7 +120,9 @@ def load_private(value: str) -> Ed25519PrivateKey:
         return key
     raw = _b64(data)
     if len(raw) != 32:
-        raise KeyProblem("an Ed25519 seed is 32 bytes (base64); this is not one")
+        raise KeyProblem(
+            "an Ed25519 seed is 32 bytes (base64); this is not one, nor an existing file"
+        )
     return Ed25519PrivateKey.from_private_bytes(raw)
 
 
@@ -128,7 +139,9 @@ def load_public(value: str) -> Ed25519PublicKey:
         return key
     raw = _b64(data)
     if len(raw) != 32:
-        raise KeyProblem("an Ed25519 public key is 32 bytes (base64); this is not one")
+        raise KeyProblem(
+            "an Ed25519 public key is 32 bytes (base64); this is not one, nor an existing file"
+        )
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
@@ -136,7 +149,7 @@ def _b64(data: bytes) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise KeyProblem("neither PEM nor base64") from None
+        raise KeyProblem("neither PEM nor base64, nor the path of an existing file") from None
 
 
 def public_text(key: Ed25519PublicKey) -> str:

@@ -254,7 +254,7 @@ def verify(session: Session, anchors: Sequence[Anchor] = ()) -> Verification:
     it against `anchors` (heads written down outside the database), which a truncated or
     rewritten chain cannot match. Needs no decryption key: hashes cover the stored text."""
     wanted = {a.seq for a in anchors}
-    at_anchor: dict[int, str] = {}
+    at_anchor: dict[int, str] = {0: GENESIS}  # an anchor of the empty chain (`audit anchor`)
     prev = GENESIS
     checked = pruned = 0
     postgres = session.get_bind().dialect.name == "postgresql"

@@ -44,6 +44,20 @@ class Core:
     # Called once a transaction that wrote audit events committed (the forwarders' wake).
     on_audit: Callable[[], None] | None = None
 
+    def seal(self, text: str | None, what: str) -> str | None:
+        """`text` as stored: sealed when audit.encrypt is set. When Vault cannot seal it now
+        (unreachable, the key missing), Refused before anything is recorded, so that the
+        person who typed it hears that `what` was not recorded and why, rather than an
+        internal error."""
+        try:
+            return self.sealer.seal(text)
+        except ProviderError as exc:
+            log.error("cannot seal free text with %s: %s", self.sealer.path, exc)
+            raise Refused(
+                f"{what} was not recorded: the bot could not encrypt it with Vault ({exc}). "
+                "Nothing changed; try again in a minute, or ask in the security channel"
+            ) from None
+
     # ---- reading ----------------------------------------------------------------------
 
     def get(self, session: Session, request_id: int) -> AccessRequest:
@@ -94,17 +108,6 @@ class Core:
         )
 
     # ---- changing -----------------------------------------------------------------------
-
-    def seal(self, text: str | None) -> str | None:
-        """Free text as it is stored: sealed with the transit key when audit.encrypt is set.
-        Vault failing to seal it refuses the whole action (nothing is recorded half-way)."""
-        try:
-            return self.sealer.seal(text)
-        except ProviderError as exc:
-            raise Refused(
-                f"{exc}. What you wrote is stored encrypted with Vault, so nothing was "
-                "recorded; try again once Vault answers"
-            ) from None
 
     def lock(self, session: Session, request_id: int) -> AccessRequest:
         """The request row, locked until the transaction ends (PostgreSQL; SQLite has one

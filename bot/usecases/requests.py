@@ -109,7 +109,7 @@ class Requests:
         # Sealed at rest (audit.encrypt) before any lock is taken: Vault is a network away.
         # The ticket is an identifier (INC-1234), kept readable to join with the ticketing
         # system; what people write is in the justification.
-        justification = core.seal(valid.justification) or ""
+        justification = core.seal(valid.justification, "Your request") or ""
         ticket = valid.ticket
         with core.store.transaction() as s:
             if submission_key is not None:
@@ -280,7 +280,7 @@ class Requests:
     def deny(self, request_id: int, actor: str, reason: str) -> AccessRequest:
         core = self.core
         checked = check_reason(reason)
-        reason = core.seal(checked.text) or ""
+        reason = core.seal(checked.text, "Your denial") or ""
         masked = {"reason": checked.kinds} if checked.kinds else {}
         now = core.clock()
         with core.store.transaction() as s:

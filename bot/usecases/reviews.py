@@ -103,7 +103,7 @@ class Reviews:
         submission again) is told who closed it."""
         core = self.core
         at = core.clock()
-        notes = core.seal(valid.notes)
+        notes = core.seal(valid.notes, "Your review")
         with core.store.transaction() as s:
             req = core.lock(s, request_id)  # the request first: one lock order everywhere
             review = self._review_of(s, request_id)

@@ -204,6 +204,15 @@ class AuditTrail:
         )
 
     def _prune(self, s: Session, ids: list[int], now: datetime) -> int:
+        # The requests are marked first: the append-only trigger (migration 0008) lets an
+        # event's details go only once its finished request is marked pruned.
+        where = AccessRequest.id.in_(ids)  # type: ignore[union-attr]
+        s.execute(
+            update(AccessRequest)
+            .where(where)
+            .values(justification="", ticket=None, details_pruned_at=now)
+            .execution_options(synchronize_session=False)
+        )
         if s.get_bind().dialect.name == "postgresql":
             # The append-only trigger lets this transaction remove details, and nothing else.
             s.execute(sa.text("SET LOCAL breakglass.prune = 'on'"))
@@ -213,13 +222,6 @@ class AuditTrail:
             .values(details=None)
             .execution_options(synchronize_session=False)
         ).rowcount
-        where = AccessRequest.id.in_(ids)  # type: ignore[union-attr]
-        s.execute(
-            update(AccessRequest)
-            .where(where)
-            .values(justification="", ticket=None, details_pruned_at=now)
-            .execution_options(synchronize_session=False)
-        )
         s.execute(
             update(Decision)
             .where(Decision.request_id.in_(ids))  # type: ignore[attr-defined]
