@@ -447,6 +447,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    _check_vault_before_serving(settings)
     return serve(
         settings,
         policy,
@@ -455,6 +456,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         migrate_db=not args.no_migrate,
         threads=args.threads,
     )
+
+
+def _check_vault_before_serving(settings: Settings) -> None:
+    """Refuse to start with Vault credentials Vault refuses (one line, not a worker that
+    logs failures every minute); start anyway when Vault cannot be reached now (an outage
+    ends, and revocations owed must not wait for it): /readyz tells."""
+    from bot.preflight import VaultLoginFailed, vault_login
+    from providers import ProviderError
+    from providers.vault import vault_errors
+
+    try:
+        auth = vault_login(settings)
+    except VaultLoginFailed as exc:
+        if not exc.unreachable:
+            raise Misconfigured(str(exc)) from None
+        logging.getLogger(__name__).warning(
+            "%s; starting anyway: /readyz says when Vault answers", exc
+        )
+        return
+    if auth.can_login:  # a token of our own, made for this check: not left behind
+        try:
+            with vault_errors("auth/token/revoke-self"):
+                auth.client.auth.token.revoke_self()
+        except ProviderError:
+            pass  # it ends at its TTL
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from bot.domain.durations import format_duration
 from bot.policy import Policy
 from bot.settings import Settings
 from bot.store import create_db_engine
-from providers import ProviderError, VaultForbidden, VaultRejected, VaultUnavailable
+from providers import ProviderError, VaultAuth, VaultForbidden, VaultRejected, VaultUnavailable
 from providers.vault import mount_max_lease_ttl, vault_errors
 from providers.vault_database import read_role
 
@@ -158,11 +158,71 @@ def forwarding_notes(engine: Engine, policy: Policy, notes: list[str]) -> None:
                 )
 
 
+class VaultLoginFailed(Exception):
+    """The bot cannot get a working Vault token; `unreachable`: because Vault cannot be
+    reached (or is sealed) now, not because of the credentials."""
+
+    def __init__(self, line: str, *, unreachable: bool):
+        super().__init__(line)
+        self.unreachable = unreachable
+
+
+def vault_login(settings: Settings, *, timeout: float = 5) -> VaultAuth:
+    """The bot's Vault identity with a working token: logged in (AppRole, Kubernetes), and
+    the token accepted by Vault. VaultLoginFailed with the line that says why not, a refused
+    credential told apart from an unreachable Vault. Routes: the login route, GET
+    auth/token/lookup-self."""
+    from providers.auth import vault_auth_from_env
+
+    addr = settings.vault_addr
+    token = settings.vault_token.get_secret_value() if settings.vault_token else None
+    auth = vault_auth_from_env(addr, token, timeout=timeout)
+    hint = "; is Vault running there, and is VAULT_ADDR right?"
+    check = {
+        "AppRole": "VAULT_ROLE_ID and VAULT_SECRET_ID",
+        "Kubernetes": "VAULT_K8S_ROLE, and that the role is bound to this service account",
+    }
+
+    def down(exc: VaultUnavailable) -> VaultLoginFailed:
+        line = f"vault {addr}: {exc}" + (hint if exc.status is None else "")
+        return VaultLoginFailed(line, unreachable=True)
+
+    try:
+        auth.login()
+    except VaultUnavailable as exc:
+        raise down(exc) from None
+    except (VaultForbidden, VaultRejected) as exc:
+        raise VaultLoginFailed(
+            f"vault {addr}: the {auth.method_name} login was refused ({exc}): check "
+            f"{check.get(auth.method_name, 'the credentials')}",
+            unreachable=False,
+        ) from None
+    except ProviderError as exc:
+        raise VaultLoginFailed(
+            f"vault {addr}: the {auth.method_name} login failed: {exc}", unreachable=False
+        ) from None
+    try:
+        with vault_errors("auth/token/lookup-self"):
+            auth.client.auth.token.lookup_self()
+    except VaultForbidden:
+        source = "VAULT_TOKEN" if auth.method_name == "token" else auth.method_name
+        raise VaultLoginFailed(
+            f"vault {addr}: Vault does not accept the bot's token ({source}): it is mistyped, "
+            "expired or revoked; make a new one (see bot/vault/breakglass-bot.hcl)",
+            unreachable=False,
+        ) from None
+    except VaultUnavailable as exc:
+        raise down(exc) from None
+    except ProviderError as exc:
+        raise VaultLoginFailed(f"vault {addr}: {exc}", unreachable=False) from None
+    return auth
+
+
 def vault_problems(settings: Settings, policy: Policy) -> tuple[list[str], list[str]]:
     """Vault, told apart: unreachable (or sealed), a login that fails, a token Vault does not
-    accept, then what the token may do. Routes: the login route (AppRole, Kubernetes), GET
-    auth/token/lookup-self, POST sys/capabilities-self, and those of the role checks."""
-    from providers.auth import credentials_problems, vault_auth_from_env
+    accept, then what the token may do. Routes: those of `vault_login`, POST
+    sys/capabilities-self, and those of the role checks."""
+    from providers.auth import credentials_problems
 
     problems: list[str] = []
     notes: list[str] = []
@@ -170,41 +230,10 @@ def vault_problems(settings: Settings, policy: Policy) -> tuple[list[str], list[
     token = settings.vault_token.get_secret_value() if settings.vault_token else None
     if not addr or credentials_problems(token):
         return problems, notes  # offline check-config names them already
-    auth = vault_auth_from_env(addr, token, timeout=5)
-    unreachable = "; is Vault running there, and is VAULT_ADDR right?"
-    check = {
-        "AppRole": "VAULT_ROLE_ID and VAULT_SECRET_ID",
-        "Kubernetes": "VAULT_K8S_ROLE, and that the role is bound to this service account",
-    }
     try:
-        auth.login()
-    except VaultUnavailable as exc:
-        problems.append(f"vault {addr}: {exc}" + (unreachable if exc.status is None else ""))
-        return problems, notes
-    except (VaultForbidden, VaultRejected) as exc:
-        problems.append(
-            f"vault {addr}: the {auth.method_name} login was refused ({exc}): check "
-            f"{check.get(auth.method_name, 'the credentials')}"
-        )
-        return problems, notes
-    except ProviderError as exc:
-        problems.append(f"vault {addr}: the {auth.method_name} login failed: {exc}")
-        return problems, notes
-    client = auth.client
-    try:
-        with vault_errors("auth/token/lookup-self"):
-            client.auth.token.lookup_self()
-    except VaultForbidden:
-        problems.append(
-            f"vault {addr}: Vault does not accept the bot's token (VAULT_TOKEN): it is mistyped, "
-            "expired or revoked; make a new one (see bot/vault/breakglass-bot.hcl)"
-        )
-        return problems, notes
-    except VaultUnavailable as exc:
-        problems.append(f"vault {addr}: {exc}" + (unreachable if exc.status is None else ""))
-        return problems, notes
-    except ProviderError as exc:
-        problems.append(f"vault {addr}: {exc}")
+        client = vault_login(settings).client
+    except VaultLoginFailed as exc:
+        problems.append(str(exc))
         return problems, notes
     try:
         needed = required_capabilities(policy)

@@ -17,7 +17,7 @@ import pytest
 from sqlmodel import select
 
 from bot.cli import ENVIRONMENT, parser
-from bot.sandbox.openbao import free_port
+from bot.sandbox.openbao import enable_approle, free_port
 from bot.sandbox.slack_fake import request_values
 from bot.sandbox.stack import POLICY, REQUESTER, SECURITY_CHANNEL
 from bot.store import OutboxEntry
@@ -230,15 +230,39 @@ def test_half_an_approle_is_named(tmp_path):
     )
 
 
+def test_an_approle_login_vault_refuses_is_named(backends, slack, tmp_path):
+    role_id, _ = enable_approle(
+        backends.bao.client(),
+        "bot-mistake",
+        policies=["breakglass-bot"],
+        token_ttl="5m",
+        token_max_ttl="10m",
+    )
+    env = serving_env(
+        tmp_path, backends, slack, VAULT_TOKEN="", VAULT_ROLE_ID=role_id, VAULT_SECRET_ID="wrong"
+    )
+    refused = (
+        f"vault {backends.bao.addr}: the AppRole login was refused (Vault rejected "
+        "auth/approle/login: invalid role or secret ID): check VAULT_ROLE_ID and VAULT_SECRET_ID"
+    )
+    said(breakglass(tmp_path, "check-config", "--online", **env), refused)
+    said(
+        breakglass(tmp_path, "serve", "--port", str(free_port()), **env),
+        f"breakglass serve: {refused}",
+    )
+
+
 def test_a_wrong_vault_token_is_told_from_an_unreachable_vault(backends, slack, tmp_path):
     env = serving_env(tmp_path, backends, slack, VAULT_TOKEN="hvs.not-a-real-token")
-    r = breakglass(tmp_path, "check-config", "--online", **env)
-    said(
-        r,
+    refused = (
         f"vault {backends.bao.addr}: Vault does not accept the bot's token (VAULT_TOKEN): it is "
-        "mistyped, expired or revoked; make a new one (see bot/vault/breakglass-bot.hcl)",
+        "mistyped, expired or revoked; make a new one (see bot/vault/breakglass-bot.hcl)"
     )
+    r = breakglass(tmp_path, "check-config", "--online", **env)
+    said(r, refused)
     assert "hvs.not-a-real-token" not in r.stderr + r.stdout
+    r = breakglass(tmp_path, "serve", "--port", str(free_port()), **env)
+    said(r, f"breakglass serve: {refused}")
     down = f"http://127.0.0.1:{free_port()}"
     r = breakglass(tmp_path, "check-config", "--online", **{**env, "VAULT_ADDR": down})
     said(
