@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hvac
 import pytest
 from sqlmodel import select
 
@@ -21,6 +22,7 @@ from bot.sandbox.openbao import enable_approle, free_port
 from bot.sandbox.slack_fake import request_values
 from bot.sandbox.stack import POLICY, REQUESTER, SECURITY_CHANNEL
 from bot.store import OutboxEntry
+from providers.auth import vault_auth_from_env
 from tests.helpers import open_modal, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +209,7 @@ def test_audit_verify_on_a_fresh_sqlite_file_says_run_migrate(tmp_path):
 
 
 def test_no_vault_credentials_are_named_and_a_home_vault_token_is_not_borrowed(
-    backends, slack, tmp_path
+    backends, slack, tmp_path, monkeypatch
 ):
     home = tmp_path / "home"
     home.mkdir()
@@ -217,6 +219,13 @@ def test_no_vault_credentials_are_named_and_a_home_vault_token_is_not_borrowed(
     r = breakglass(tmp_path, "check-config", **env)
     said(r, NO_VAULT_CREDENTIALS)
     said(breakglass(tmp_path, "serve", "--port", str(free_port()), **env), NO_VAULT_CREDENTIALS)
+    # Nor does the bot's Vault client, built as `serve` builds it, send that token.
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    auth = vault_auth_from_env(backends.bao.addr, None, environ={})
+    assert not auth.client.token
+    with pytest.raises(hvac.exceptions.Forbidden):
+        auth.client.auth.token.lookup_self()
 
 
 def test_half_an_approle_is_named(tmp_path):
