@@ -8,11 +8,11 @@ import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+if TYPE_CHECKING:  # SQLAlchemy is imported when a database is used: `--help` stays quick
+    import sqlalchemy as sa
+    from sqlalchemy.engine import URL
 
 URL_FORMS = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE"
 MIGRATE = "run `breakglass migrate` (or `breakglass serve`, which migrates at start)"
@@ -33,6 +33,9 @@ def shown(url: str | URL) -> str:
     (a socket folder in `?host=` unescaped)."""
     from urllib.parse import unquote
 
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except (ArgumentError, ValueError):
@@ -42,6 +45,9 @@ def shown(url: str | URL) -> str:
 
 def database_url_problem(url: str) -> str | None:
     """What is wrong with DATABASE_URL itself, found without connecting; None if nothing."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
@@ -80,6 +86,8 @@ def database_error(exc: BaseException, url: str | URL) -> str:
     """The line for a failure to use DATABASE_URL's database, told apart by the driver's
     SQLSTATE where it has one, else by libpq's and SQLite's message classes (connection
     failures carry no SQLSTATE). The driver's message itself is never shown."""
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url) if isinstance(url, str) else url
     where = f"database {shown(parsed)}"
     orig: Any = getattr(exc, "orig", None) or exc
@@ -175,6 +183,8 @@ def check_database(engine: sa.Engine, *, exists: bool = True, migrated: bool = T
     with the reason when the database cannot be used. `exists`: a SQLite file must be there
     already (reading commands must not leave an empty file behind). Returns the migrations
     still pending (with `migrated=False`)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from bot import migrate
 
     where = f"database {shown(engine.url)}"
@@ -203,6 +213,8 @@ def check_database(engine: sa.Engine, *, exists: bool = True, migrated: bool = T
 def database(url: str, *, exists: bool = True, migrated: bool = True) -> Iterator[sa.Engine]:
     """DATABASE_URL's engine, checked first (see `check_database`); a database failure
     inside the block becomes Misconfigured with its reason. Disposed of at the end."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     engine = engine_for(url)
     try:
         check_database(engine, exists=exists, migrated=migrated)
