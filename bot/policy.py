@@ -620,6 +620,13 @@ def load_policy(path: str | Path) -> Policy:
     try:
         text = path.read_text()
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError | IsADirectoryError):
+            message = (
+                f"cannot read the policy file: {exc.strerror}: point BREAKGLASS_CONFIG (or "
+                "--config) at your policy file (default breakglass.yml in the working "
+                "directory; breakglass.example.yml is a start)"
+            )
+            raise PolicyError([Problem("", message, None, str(path.absolute()))]) from None
         raise PolicyError(
             [Problem("", f"cannot read the policy file: {exc.strerror}", None, str(path))]
         ) from None

@@ -15,8 +15,8 @@ from bot.domain.durations import format_duration
 from bot.policy import Policy
 from bot.settings import Settings
 from bot.store import create_db_engine
-from providers import ProviderError, VaultForbidden, VaultRejected
-from providers.vault import mount_max_lease_ttl, vault_client_from_env, vault_errors
+from providers import ProviderError, VaultAuth, VaultForbidden, VaultRejected, VaultUnavailable
+from providers.vault import mount_max_lease_ttl, vault_errors
 from providers.vault_database import read_role
 
 # What every grant needs from the bot's token, whatever the provider.
@@ -177,66 +177,185 @@ def transit_problems(client: hvac.Client, addr: str, policy: Policy, problems: l
         )
 
 
+class VaultLoginFailed(Exception):
+    """The bot cannot get a working Vault token; `unreachable`: because Vault cannot be
+    reached (or is sealed) now, not because of the credentials."""
+
+    def __init__(self, line: str, *, unreachable: bool):
+        super().__init__(line)
+        self.unreachable = unreachable
+
+
+def vault_login(settings: Settings, *, timeout: float = 5) -> VaultAuth:
+    """The bot's Vault identity with a working token: logged in (AppRole, Kubernetes), and
+    the token accepted by Vault. VaultLoginFailed with the line that says why not, a refused
+    credential told apart from an unreachable Vault. Routes: the login route, GET
+    auth/token/lookup-self."""
+    from providers.auth import vault_auth_from_env
+
+    addr = settings.vault_addr
+    token = settings.vault_token.get_secret_value() if settings.vault_token else None
+    auth = vault_auth_from_env(addr, token, timeout=timeout)
+    hint = "; is Vault running there, and is VAULT_ADDR right?"
+    check = {
+        "AppRole": "VAULT_ROLE_ID and VAULT_SECRET_ID",
+        "Kubernetes": "VAULT_K8S_ROLE, and that the role is bound to this service account",
+    }
+
+    def down(exc: VaultUnavailable) -> VaultLoginFailed:
+        line = f"vault {addr}: {exc}" + (hint if exc.status is None else "")
+        return VaultLoginFailed(line, unreachable=True)
+
+    try:
+        auth.login()
+    except VaultUnavailable as exc:
+        raise down(exc) from None
+    except (VaultForbidden, VaultRejected) as exc:
+        raise VaultLoginFailed(
+            f"vault {addr}: the {auth.method_name} login was refused ({exc}): check "
+            f"{check.get(auth.method_name, 'the credentials')}",
+            unreachable=False,
+        ) from None
+    except ProviderError as exc:
+        raise VaultLoginFailed(
+            f"vault {addr}: the {auth.method_name} login failed: {exc}", unreachable=False
+        ) from None
+    try:
+        with vault_errors("auth/token/lookup-self"):
+            auth.client.auth.token.lookup_self()
+    except VaultForbidden:
+        source = "VAULT_TOKEN" if auth.method_name == "token" else auth.method_name
+        raise VaultLoginFailed(
+            f"vault {addr}: Vault does not accept the bot's token ({source}): it is mistyped, "
+            "expired or revoked; make a new one (see bot/vault/breakglass-bot.hcl)",
+            unreachable=False,
+        ) from None
+    except VaultUnavailable as exc:
+        raise down(exc) from None
+    except ProviderError as exc:
+        raise VaultLoginFailed(f"vault {addr}: {exc}", unreachable=False) from None
+    return auth
+
+
+def vault_problems(settings: Settings, policy: Policy) -> tuple[list[str], list[str]]:
+    """Vault, told apart: unreachable (or sealed), a login that fails, a token Vault does not
+    accept, then what the token may do. Routes: those of `vault_login`, POST
+    sys/capabilities-self, and those of the role checks."""
+    from providers.auth import credentials_problems
+
+    problems: list[str] = []
+    notes: list[str] = []
+    addr = settings.vault_addr
+    token = settings.vault_token.get_secret_value() if settings.vault_token else None
+    if not addr or credentials_problems(token):
+        return problems, notes  # offline check-config names them already
+    try:
+        client = vault_login(settings).client
+    except VaultLoginFailed as exc:
+        problems.append(str(exc))
+        return problems, notes
+    try:
+        needed = required_capabilities(policy)
+        with vault_errors("sys/capabilities-self"):
+            resp = client.adapter.post("/v1/sys/capabilities-self", json={"paths": sorted(needed)})
+        granted = resp.get("data", resp) if isinstance(resp, dict) else resp.json()
+        for path, (caps, who) in sorted(needed.items()):
+            have = set(granted.get(path, []))
+            if "root" in have or caps <= have:
+                continue
+            missing = ", ".join(sorted(caps - have))
+            problems.append(
+                f"vault {addr}: the bot's token lacks {missing} on {path} "
+                f"(needed by {who}); see bot/vault/breakglass-bot.hcl"
+            )
+        database_role_problems(client, addr, policy, problems, notes)
+        activity_problems(client, addr, policy, problems, notes)
+        transit_problems(client, addr, policy, problems)
+    except ProviderError as exc:
+        problems.append(f"vault {addr}: {exc}")
+    return problems, notes
+
+
+def slack_problems(settings: Settings, policy: Policy) -> tuple[list[str], list[str]]:
+    """The bot token works, and the bot is a member of the security channel (Slack answers
+    `not_in_channel` to every card otherwise). Routes: auth.test, conversations.info, whose
+    `is_member` needs channels:read (groups:read for a private channel): the cheapest call
+    that tells."""
+    from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError
+
+    problems: list[str] = []
+    notes: list[str] = []
+    if not settings.slack_bot_token:
+        return problems, notes
+    client = WebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_base_url() or WebClient.BASE_URL,
+        timeout=5,
+    )
+    channel = policy.security_channel
+    try:
+        client.auth_test()
+    except SlackApiError as exc:
+        problems.append(f"slack: SLACK_BOT_TOKEN refused ({exc.response.get('error')})")
+        return problems, notes
+    except OSError as exc:
+        problems.append(f"slack: cannot reach the Slack API ({type(exc).__name__})")
+        return problems, notes
+    try:
+        info = client.conversations_info(channel=channel)
+    except SlackApiError as exc:
+        error = str(exc.response.get("error"))
+        if error == "channel_not_found":
+            problems.append(
+                f"slack: the security channel {channel} was not found: check security_channel "
+                "in the policy file (the channel's ID, at the bottom of its About tab); a "
+                "private channel is found once the bot is in it (`/invite @breakglass` there)"
+            )
+        elif error == "missing_scope":
+            needed = exc.response.get("needed") or "channels:read, groups:read"
+            notes.append(
+                f"slack: cannot check that the bot is in the security channel {channel}: the "
+                f"app lacks the {needed} scope (add it as manifest.yml does, then reinstall)"
+            )
+        else:
+            notes.append(f"slack: cannot check the security channel {channel} ({error})")
+        return problems, notes
+    except OSError as exc:
+        problems.append(f"slack: cannot reach the Slack API ({type(exc).__name__})")
+        return problems, notes
+    if not (info.get("channel") or {}).get("is_member"):
+        problems.append(
+            f"slack: the bot is not in the security channel {channel}: type "
+            "`/invite @breakglass` in that channel (no card can be posted until then)"
+        )
+    return problems, notes
+
+
 def online_problems(settings: Settings, policy: Policy) -> tuple[list[str], list[str]]:
     """(problems, notes) found by talking to the database, Vault and Slack."""
+    from bot.diagnose import database_error, database_url_problem, shown
+
     problems: list[str] = []
     notes: list[str] = []
 
-    engine = create_db_engine(settings.database_url)
-    where = engine.url.render_as_string(hide_password=True)
-    try:
-        todo = migrate.pending(engine)
-        if todo:
-            notes.append(
-                f"database {where}: {len(todo)} migration(s) pending "
-                "(`breakglass serve` applies them at start)"
-            )
-        forwarding_notes(engine, policy, notes)
-    except SQLAlchemyError as exc:
-        problems.append(
-            f"database {where}: cannot connect ({type(getattr(exc, 'orig', None) or exc).__name__})"
-        )
-    finally:
-        engine.dispose()
-
-    if settings.vault_addr:
-        token = settings.vault_token.get_secret_value() if settings.vault_token else None
+    if database_url_problem(settings.database_url) is None:  # else named offline already
+        engine = create_db_engine(settings.database_url)
+        where = shown(engine.url)
         try:
-            client = vault_client_from_env(settings.vault_addr, token, timeout=5)
-            needed = required_capabilities(policy)
-            with vault_errors("sys/capabilities-self"):
-                resp = client.adapter.post(
-                    "/v1/sys/capabilities-self", json={"paths": sorted(needed)}
+            todo = migrate.pending(engine)
+            if todo:
+                notes.append(
+                    f"database {where}: {len(todo)} migration(s) pending "
+                    "(`breakglass serve` applies them at start)"
                 )
-            granted = resp.get("data", resp) if isinstance(resp, dict) else resp.json()
-            for path, (caps, who) in sorted(needed.items()):
-                have = set(granted.get(path, []))
-                if "root" in have or caps <= have:
-                    continue
-                missing = ", ".join(sorted(caps - have))
-                problems.append(
-                    f"vault {settings.vault_addr}: the bot's token lacks {missing} on {path} "
-                    f"(needed by {who}); see bot/vault/breakglass-bot.hcl"
-                )
-            database_role_problems(client, settings.vault_addr, policy, problems, notes)
-            activity_problems(client, settings.vault_addr, policy, problems, notes)
-            transit_problems(client, settings.vault_addr, policy, problems)
-        except ProviderError as exc:
-            problems.append(f"vault {settings.vault_addr}: {exc}")
+            forwarding_notes(engine, policy, notes)
+        except SQLAlchemyError as exc:
+            problems.append(database_error(exc, engine.url))
+        finally:
+            engine.dispose()
 
-    if settings.slack_bot_token:
-        from slack_sdk import WebClient
-        from slack_sdk.errors import SlackApiError
-
-        client = WebClient(
-            token=settings.slack_bot_token.get_secret_value(),
-            base_url=settings.slack_base_url() or WebClient.BASE_URL,
-            timeout=5,
-        )
-        try:
-            client.auth_test()
-        except SlackApiError as exc:
-            problems.append(f"slack: SLACK_BOT_TOKEN refused ({exc.response.get('error')})")
-        except OSError as exc:
-            problems.append(f"slack: cannot reach the Slack API ({type(exc).__name__})")
+    for found, said in (vault_problems(settings, policy), slack_problems(settings, policy)):
+        problems.extend(found)
+        notes.extend(said)
     return problems, notes

@@ -63,10 +63,18 @@ class Settings(BaseSettings):
                 )
             if not self.vault_addr:
                 out.append("VAULT_ADDR is not set")
+            from providers.auth import credentials_problems
+
+            token = self.vault_token.get_secret_value() if self.vault_token else None
+            out.extend(credentials_problems(token))
         if self.slack_api_url and not self.slack_api_url.startswith(("http://", "https://")):
             out.append(f"SLACK_API_URL {self.slack_api_url!r} is not an http(s) URL")
         if self.vault_addr and not self.vault_addr.startswith(("http://", "https://")):
             out.append(f"VAULT_ADDR {self.vault_addr!r} is not an http(s) URL")
+        from bot.diagnose import database_url_problem
+
+        if (problem := database_url_problem(self.database_url)) is not None:
+            out.append(problem)
         from bot.domain.anchors import KeyProblem
 
         try:

@@ -129,7 +129,9 @@ class VaultAuth:
             "namespace": namespace,
             "cert": cert,
         }
-        token = method.token if isinstance(method, TokenLogin) else None
+        # "" and never None: given None, hvac falls back to ~/.vault-token, a person's own
+        # token, which the bot must never borrow without being told to.
+        token = (method.token if isinstance(method, TokenLogin) else None) or ""
         self.client = hvac.Client(
             token=token, session=_pooled_session(verify, cert), **self._client_args
         )
@@ -284,7 +286,7 @@ class VaultAuth:
     def _relogin(self) -> int:
         """Log in on a separate client, then swap the token on the shared one. Returns the
         new token's TTL in seconds (0: no expiry)."""
-        fresh = hvac.Client(**self._client_args)
+        fresh = hvac.Client(token="", **self._client_args)  # "": not ~/.vault-token
         method = self.method
         if isinstance(method, AppRoleLogin):
             route = f"auth/{method.mount}/login"
@@ -369,6 +371,38 @@ def _read_jwt(path: str) -> str:
             f"cannot read the Kubernetes service account token at {path} "
             f"({exc.strerror or type(exc).__name__})"
         ) from None
+
+
+def credentials_problems(token: str | None, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What is missing or half-set in the bot's Vault credentials, found without calling
+    Vault: the bot uses VAULT_TOKEN, AppRole or Kubernetes auth from the environment, and
+    never a token file in the home folder (hvac's fallback)."""
+    env = os.environ if environ is None else environ
+    role_id, secret_id = env.get("VAULT_ROLE_ID"), env.get("VAULT_SECRET_ID")
+    k8s_role = env.get("VAULT_K8S_ROLE")
+    if token:
+        return []
+    if role_id or secret_id:
+        if not (role_id and secret_id):
+            missing = "VAULT_SECRET_ID" if role_id else "VAULT_ROLE_ID"
+            return [f"{missing} is not set: AppRole needs both VAULT_ROLE_ID and VAULT_SECRET_ID"]
+        return []
+    if k8s_role:
+        path = env.get("VAULT_K8S_TOKEN_PATH", DEFAULT_K8S_JWT_PATH)
+        try:
+            with open(path):
+                pass
+        except OSError as exc:
+            return [
+                f"VAULT_K8S_ROLE is set but the service account token {path} cannot be read "
+                f"({exc.strerror or type(exc).__name__}): mount it (automountServiceAccountToken)"
+                ", or set VAULT_K8S_TOKEN_PATH to where it is"
+            ]
+        return []
+    return [
+        "no Vault credentials: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID (AppRole), "
+        "or VAULT_K8S_ROLE (Kubernetes auth); ~/.vault-token is not read"
+    ]
 
 
 def vault_auth_from_env(

@@ -60,6 +60,7 @@ def env(monkeypatch, tmp_path):
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
     monkeypatch.setenv("SLACK_SIGNING_SECRET", "s3cr3t")
     monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:8200")
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.sandbox")
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'bg.db'}")
     policy = tmp_path / "breakglass.yml"
     policy.write_text(POLICY)
@@ -149,7 +150,13 @@ def test_manifest_is_valid_and_asks_only_for_what_the_bot_uses():
     schema = json.loads(SCHEMA.read_text())
     manifest = yaml.safe_load((ROOT / "manifest.yml").read_text())
     jsonschema.validate(manifest, schema)
-    assert manifest["oauth_config"]["scopes"]["bot"] == ["commands", "chat:write", "files:write"]
+    assert manifest["oauth_config"]["scopes"]["bot"] == [
+        "commands",
+        "chat:write",
+        "files:write",
+        "channels:read",  # check-config --online: is the bot in the security channel
+        "groups:read",
+    ]
     assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/breakglass"]
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/events")

@@ -591,7 +591,8 @@ def test_check_config_names_a_missing_kubernetes_token_file(backends, slack, tmp
     )
     assert r.returncode == 1
     assert (
-        f"vault {backends.bao.addr}: cannot read the Kubernetes service account token at "
-        f"{missing} (No such file or directory)"
+        f"environment: VAULT_K8S_ROLE is set but the service account token {missing} cannot be "
+        "read (No such file or directory): mount it (automountServiceAccountToken), or set "
+        "VAULT_K8S_TOKEN_PATH to where it is"
     ) in r.stderr.splitlines(), r.stderr
     assert "Traceback" not in r.stderr

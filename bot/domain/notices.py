@@ -17,6 +17,7 @@ class NoticeKind(StrEnum):
     ACCESS_ENDED = "access_ended"  # resource, how (expired | revoked), by
     NOT_RECORDED = "not_recorded"  # reason
     CREDENTIAL_REISSUED = "credential_reissued"  # resource
+    CARD_NOT_POSTED = "card_not_posted"  # resource, channel (the bot is not in it)
     # to whoever typed it, privately: what looked like a secret was masked before it was kept
     SECRETS_MASKED = "secrets_masked"  # where (field names), kinds
     # to each reviewer, privately

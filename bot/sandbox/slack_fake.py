@@ -107,7 +107,10 @@ class FakeSlack:
     `fail("views.open", error="expired_trigger_id")`, `hang("chat.update", seconds=5)`,
     `drop(method)` (connection reset, no answer), `outage()` for every method at once,
     `clear_faults()`. Set `bot_in_channel = False` and
-    posts to channels answer `not_in_channel` until it is True again (or the bot joins).
+    posts to channels answer `not_in_channel` until it is True again (or the bot joins);
+    conversations.info then says `is_member: false` (a private G… channel: `channel_not_found`,
+    as Slack hides private channels from bots outside them). Channels in `unknown_channels`
+    do not exist: `channel_not_found` to every call naming them.
 
     Reading: `calls` holds every attempt; `calls_to(method)` only those Slack accepted
     (what people saw), `attempts_to(method)` all of them, faulted ones included. To assert
@@ -122,6 +125,7 @@ class FakeSlack:
         self.messages: list[Message] = []
         self.views: dict[str, dict[str, Any]] = {}  # view id -> the view as it is now
         self.bot_in_channel = True
+        self.unknown_channels: set[str] = set()
         self.channel_members: dict[str, list[str]] = {}
         # Files upload v2: file id -> {"filename", "length", "data" (once uploaded), "shared"}
         self.files: dict[str, dict[str, Any]] = {}
@@ -294,6 +298,9 @@ class FakeSlack:
 
     def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         """Slack's own answer to a call no fault met (lock held)."""
+        named = str(args.get("channel") or args.get("channel_id") or "")
+        if named in self.unknown_channels:
+            return {"ok": False, "error": "channel_not_found"}
         if method == "auth.test":
             return {
                 "ok": True,
@@ -341,6 +348,8 @@ class FakeSlack:
             return {"ok": True, "message_ts": self._new_ts()}
         if method == "conversations.info":
             channel = str(args.get("channel"))
+            if channel.startswith("G") and not self.bot_in_channel:
+                return {"ok": False, "error": "channel_not_found"}
             return {"ok": True, "channel": self._channel_info(channel)}
         if method == "conversations.members":
             channel = str(args.get("channel"))

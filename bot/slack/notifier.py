@@ -13,6 +13,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import SectionBlock
 from sqlalchemy import update
+from sqlmodel import select
 
 from bot.chart import draw_events_chart
 from bot.domain.durations import format_duration
@@ -25,7 +26,7 @@ from bot.slack.credential import blocks as credential
 from bot.slack.digest import digest_text
 from bot.slack.format import SECTION_LIMIT, escape, mention, slack_date
 from bot.slack.review.blocks import review_button
-from bot.store import AccessRequest, OutboxEntry
+from bot.store import AccessRequest, OutboxEntry, outbox
 from bot.usecases.core import Core
 from bot.usecases.digest import Digests
 from bot.usecases.effects import Handler, Impossible, Later
@@ -78,6 +79,13 @@ def notice_text(notice: Notice) -> str:
         return (
             f"Your credential for access #{rid} to {resource} could not be shown to you, so it "
             "was revoked; a fresh one follows in a new message."
+        )
+    if kind == NoticeKind.CARD_NOT_POSTED:
+        return (
+            f"Your request #{rid} for {resource} could not be posted to the security channel "
+            f"<#{f['channel']}>: the bot is not a member of it, so no approver has seen it yet. "
+            "Ask someone in that channel to type `/invite @breakglass` there: your request is "
+            "posted as soon as they do."
         )
     if kind == NoticeKind.SECRETS_MASKED:
         where = " and ".join(f"the {FIELD_LABELS.get(w, w)}" for w in f.get("where", []))
@@ -161,6 +169,10 @@ PERMANENT = frozenset(
 )
 
 
+class NotInChannel(Later):
+    """Slack answered `not_in_channel`: retried, since it goes out once the bot is invited."""
+
+
 class SlackNotifier:
     """Carries out the Slack effects the use cases owe (outbox handlers), and delivers the
     credential message (the one Slack call that carries a secret, so it is never queued)."""
@@ -196,14 +208,15 @@ class SlackNotifier:
             return getattr(self.client, method)(**kwargs)
         except SlackApiError as exc:
             code = str(exc.response.get("error"))
-            if code == "not_in_channel":
-                log.warning(
-                    "the bot is not in the security channel %s: invite it there "
-                    "(/invite @breakglass); the card is posted once it is",
-                    kwargs.get("channel"),
-                )
             if code in PERMANENT:
                 raise Impossible(f"Slack answered {code} to {method}") from None
+            if code == "not_in_channel":
+                log.warning(
+                    "the bot is not in the security channel %s: type /invite @breakglass in "
+                    "that channel; what the bot owes there is posted once it is invited",
+                    kwargs.get("channel"),
+                )
+                raise NotInChannel(f"Slack answered {code} to {method}") from None
             raise Later(
                 f"Slack answered {code} to {method}", after=retry_after(exc.response)
             ) from None
@@ -218,19 +231,46 @@ class SlackNotifier:
         if req.channel and req.thread_ts:
             self._call("chat_update", channel=req.channel, ts=req.thread_ts, text=text, blocks=body)
             return
-        resp = self._call(
-            "chat_postMessage",
-            channel=self.security_channel,
-            text=text,
-            blocks=body,
-            unfurl_links=False,
-        )
+        try:
+            resp = self._call(
+                "chat_postMessage",
+                channel=self.security_channel,
+                text=text,
+                blocks=body,
+                unfurl_links=False,
+            )
+        except NotInChannel:
+            self._tell_requester_not_posted(card)
+            raise
         with self.core.store.transaction() as s:
             s.execute(
                 update(AccessRequest)
                 .where(AccessRequest.id == req.id, AccessRequest.channel.is_(None))  # type: ignore[union-attr]
                 .values(channel=resp["channel"], thread_ts=resp["ts"])
             )
+
+    def _tell_requester_not_posted(self, card: Card) -> None:
+        """Owe the requester, once, a DM saying no approver can see the request yet. Looked
+        up by its payload in the transaction that adds it; the card's entry is claimed by
+        this worker alone meanwhile, so two cannot add it."""
+        req = card.request
+        assert req.id is not None
+        notice = Notice(
+            NoticeKind.CARD_NOT_POSTED,
+            req.id,
+            {"resource": req.resource, "channel": self.security_channel},
+        )
+        with self.core.store.transaction() as s:
+            told = s.exec(
+                select(OutboxEntry.id).where(
+                    OutboxEntry.request_id == req.id,
+                    OutboxEntry.kind == "dm",
+                    OutboxEntry.payload
+                    == outbox.encode({"user": req.requester, "notice": notice.to_json()}),
+                )
+            ).first()
+            if told is None:
+                self.core.effects.dm(s, req.id, req.requester, notice)
 
     def thread(self, entry: OutboxEntry, payload: dict[str, Any]) -> None:
         assert entry.request_id is not None
