@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     vault_token_role: str | None = None
     database_url: str = "sqlite:///breakglass.db"
     breakglass_config: Path = Path("breakglass.yml")
+    # Where `serve` writes its pid (the gunicorn master's) and `breakglass reload` reads it.
+    breakglass_pid_file: Path | None = None
     # Ed25519 key that signs the audit chain's anchors: PKCS#8 PEM, a file holding it, or
     # base64 of the 32-byte seed (`breakglass audit keygen` makes one).
     audit_signing_key: SecretStr | None = None

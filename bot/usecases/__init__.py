@@ -50,7 +50,7 @@ class Breakglass:
         self.grants = Grants(self.core, courier, self.reviews)
         self.requests = Requests(self.core, self.grants)
         self.deadlines = Deadlines(self.core, self.requests, self.grants, self.reviews)
-        self.stats = Stats(store, clock, policy)
+        self.stats = Stats(store, clock, self.core.policies)
         self.digests = Digests(self.core, self.stats, self.trail)
         self.outbox: OutboxWorker | None = None
 
