@@ -123,6 +123,14 @@ def _exception_text(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _no_formatter_leftovers(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """`message` and `asctime` are set on a record by whichever handler formatted it first (a
+    test's capture, another handler): not extra fields of the call."""
+    event.pop("message", None)
+    event.pop("asctime", None)
+    return event
+
+
 def _masked(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     """Every value that is printed passes the redaction function."""
     for key, value in event.items():
@@ -175,6 +183,7 @@ def formatter(fmt: str) -> logging.Formatter:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
+        _no_formatter_leftovers,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _exception_text,
     ]

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,12 @@ def socket_mode(runtime: Runtime, settings: Settings) -> int:
     _pid_file(settings.breakglass_pid_file)
     log.info("serving in Socket Mode")
     assert settings.slack_app_token is not None
-    SocketModeHandler(runtime.app, settings.slack_app_token.get_secret_value()).start()
-    return 0
+    SocketModeHandler(runtime.app, settings.slack_app_token.get_secret_value()).connect()
+    # The main thread waits in short steps rather than on one long wait (which is what the
+    # handler's start() does): Python runs signal handlers in the main thread only, between
+    # two steps, whichever thread the kernel handed the signal to.
+    while True:
+        time.sleep(0.2)
 
 
 def serve(
