@@ -367,6 +367,10 @@ digest:
 audit:
   anchor:
     cron: "30 2 * * *"
+  forward:
+    - name: siem
+      syslog: {host: 127.0.0.1, port: 9, protocol: udp}
+      start: now
 """
 
 
@@ -387,6 +391,8 @@ def test_a_reload_moves_the_policy_jobs_and_the_security_channel(bot, slack, tmp
     assert str(digest.trigger.timezone) == "Europe/Berlin"
     assert "hour='2', minute='30'" in str(jobs.get_job("audit").trigger)
     assert jobs.get_job("sweep").next_run_time == sweep_next, "the other jobs stay as they were"
+    assert [w.name for w in runtime.forwarders.workers] == ["siem"]
+    assert bot.service.core.on_audit == runtime.forwarders.wake
     # The next request's card goes to the channel the policy names now.
     view = _modal(bot, slack)
     r = bot.driver.submit_view(REQUESTER, view, request_values("prod-db", "30m", JUSTIFICATION))
@@ -397,6 +403,7 @@ def test_a_reload_moves_the_policy_jobs_and_the_security_channel(bot, slack, tmp
     policy_file.write_text(POLICY)
     assert runtime.reload_policy() is True
     assert jobs.get_job("digest") is None
+    assert runtime.forwarders.workers == []
 
 
 def test_a_reload_of_a_broken_file_changes_nothing(bot, tmp_path, caplog):
@@ -407,6 +414,7 @@ def test_a_reload_of_a_broken_file_changes_nothing(bot, tmp_path, caplog):
         assert bot.runtime.reload_policy() is False
     assert bot.runtime.policy is before and bot.service.stats.policy is before
     assert bot.runtime.scheduler.scheduler.get_job("digest") is None
+    assert bot.runtime.forwarders.workers == []
     line = POLICY.splitlines().index("    approvals: 1") + 1
     assert [r.getMessage() for r in caplog.records] == [
         f"policy reload refused: {policy_file}:{line}: resources.prod-db.approvals: "
