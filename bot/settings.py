@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     # Ed25519 key that signs the audit chain's anchors: PKCS#8 PEM, a file holding it, or
     # base64 of the 32-byte seed (`breakglass audit keygen` makes one).
     audit_signing_key: SecretStr | None = None
+
+    @field_validator("breakglass_pid_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def audit_signer(self) -> Any:
         """The anchors' signing key, or None; KeyProblem when it is set but unusable."""

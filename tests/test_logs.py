@@ -486,3 +486,31 @@ def test_socket_mode_reloads_on_sighup_too(backends, slack, tmp_path):
     (reloaded,) = [x for x in lines if x["message"].startswith("policy reloaded")]
     assert reloaded["message"].endswith("3 resource(s); added staging-db")
     assert not pid_file.exists(), "removed at exit"
+
+
+def test_breakglass_reload_names_what_is_missing(tmp_path):
+    policy = tmp_path / "breakglass.yml"
+    policy.write_text(POLICY)
+    env = {"BREAKGLASS_CONFIG": str(policy), "BREAKGLASS_PID_FILE": ""}
+    none = cli("reload", **env)
+    assert none.returncode == 2 and none.stdout == ""
+    assert none.stderr == (
+        "breakglass reload: no pid file: set BREAKGLASS_PID_FILE (for `serve` too, which writes "
+        "it) or give --pid-file; or send the signal yourself: kill -HUP <pid of breakglass "
+        "serve>\n"
+    )
+    missing = cli("reload", "--pid-file", str(tmp_path / "serve.pid"), **env)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(
+        f"breakglass reload: cannot read the pid file {tmp_path / 'serve.pid'}: No such file"
+    )
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # a process id that no longer runs: a pid file left behind by a crash
+    (tmp_path / "serve.pid").write_text(f"{ended.pid}\n")
+    stale = cli("reload", "--pid-file", str(tmp_path / "serve.pid"), **env)
+    assert stale.returncode == 1
+    assert stale.stderr == (
+        f"breakglass reload: no process {ended.pid} (from {tmp_path / 'serve.pid'}): "
+        "`breakglass serve` is not running, or the pid file is stale\n"
+    )
+    assert "Traceback" not in none.stderr + missing.stderr + stale.stderr
