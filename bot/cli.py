@@ -172,7 +172,7 @@ def cmd_audit_keygen(args: argparse.Namespace) -> int:
 
 def cmd_audit_prune(args: argparse.Namespace) -> int:
     """Prune finished requests' free text older than the policy's retention."""
-    from bot.policy import PolicyError, load_policy
+    from bot.policy import PolicyError, PolicyHolder, load_policy
     from bot.usecases.core import Core
     from bot.usecases.effects import Effects
     from bot.usecases.ports import utcnow
@@ -194,7 +194,7 @@ def cmd_audit_prune(args: argparse.Namespace) -> int:
         return 2
 
     def prune(store: Any) -> Any:
-        trail = AuditTrail(Core(store, policy, None, Effects()))  # type: ignore[arg-type]
+        trail = AuditTrail(Core(store, PolicyHolder(policy), None, Effects()))  # type: ignore[arg-type]
         return trail.prune(utcnow(), dry_run=args.dry_run)
 
     done = _reading_database("audit prune", prune)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bot.policy import Policy
+from bot.policy import Policy, PolicyHolder
 from bot.store import Store
 from bot.usecases.core import SYSTEM, Core, NotFound
 from bot.usecases.deadlines import Deadlines
@@ -38,7 +38,7 @@ class Breakglass:
     ):
         self.core = Core(
             store,
-            policy,
+            PolicyHolder(policy),
             backend,
             Effects(),
             timers or NoTimers(),

@@ -34,7 +34,7 @@ class Core:
     """The ports and the policy; one per process, shared by the use cases."""
 
     store: Store
-    # The policy in force (`policy`), replaced whole on a reload; a Policy given is held.
+    # The policy in force (`policy`), replaced whole on a reload.
     policies: PolicyHolder
     backend: VaultBackend
     effects: Effects
@@ -44,10 +44,6 @@ class Core:
     sealer: Sealer = field(default_factory=lambda: Sealer(None))
     # Called once a transaction that wrote audit events committed (the forwarders' wake).
     on_audit: Callable[[], None] | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.policies, Policy):
-            self.policies = PolicyHolder(self.policies)
 
     @property
     def policy(self) -> Policy:
