@@ -18,6 +18,8 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/breakglass --create-home br
     && mkdir -p /etc/breakglass && chown breakglass /var/lib/breakglass
 USER breakglass
 WORKDIR /var/lib/breakglass
+# `breakglass reload` (docker exec) finds the server here.
+ENV BREAKGLASS_PID_FILE=/tmp/breakglass.pid
 
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \

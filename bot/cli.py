@@ -169,7 +169,7 @@ def cmd_audit_keygen(args: argparse.Namespace) -> int:
 
 def cmd_audit_prune(args: argparse.Namespace) -> int:
     """Prune finished requests' free text older than the policy's retention."""
-    from bot.policy import PolicyError, load_policy
+    from bot.policy import PolicyError, PolicyHolder, load_policy
     from bot.usecases.core import Core
     from bot.usecases.effects import Effects
     from bot.usecases.ports import utcnow
@@ -191,7 +191,7 @@ def cmd_audit_prune(args: argparse.Namespace) -> int:
         return 2
 
     def prune(store: Any) -> Any:
-        trail = AuditTrail(Core(store, policy, None, Effects()))  # type: ignore[arg-type]
+        trail = AuditTrail(Core(store, PolicyHolder(policy), None, Effects()))  # type: ignore[arg-type]
         return trail.prune(utcnow(), dry_run=args.dry_run)
 
     done = _reading_database(prune, code=2)
@@ -485,6 +485,68 @@ def _check_vault_before_serving(settings: Settings) -> None:
             pass  # it ends at its TTL
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Check the policy file, then SIGHUP the running `serve` (its pid from the pid file)."""
+    import os
+    import signal
+
+    from bot.policy import PolicyError, load_policy
+
+    settings = _settings()
+    try:
+        policy = load_policy(settings.breakglass_config)
+    except PolicyError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        print(
+            f"{len(exc.problems)} problem(s); nothing was sent: the running policy stays.",
+            file=sys.stderr,
+        )
+        return 1
+    path = Path(args.pid_file) if args.pid_file else settings.breakglass_pid_file
+    if path is None:
+        print(
+            "breakglass reload: no pid file: set BREAKGLASS_PID_FILE (for `serve` too, which "
+            "writes it) or give --pid-file; or send the signal yourself: kill -HUP <pid of "
+            "breakglass serve>",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        print(
+            f"breakglass reload: cannot read the pid file {path}: {exc.strerror} "
+            "(is `breakglass serve` running, with the same BREAKGLASS_PID_FILE?)",
+            file=sys.stderr,
+        )
+        return 2
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 1 << 22):
+        print(f"breakglass reload: {path} does not hold a process id", file=sys.stderr)
+        return 2
+    try:
+        os.kill(int(text), signal.SIGHUP)
+    except ProcessLookupError:
+        print(
+            f"breakglass reload: no process {text} (from {path}): `breakglass serve` is not "
+            "running, or the pid file is stale",
+            file=sys.stderr,
+        )
+        return 1
+    except PermissionError:
+        print(
+            f"breakglass reload: not allowed to signal process {text}: run as the user "
+            "that runs `breakglass serve`",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"{settings.breakglass_config}: OK, {len(policy.resources)} resource(s); sent SIGHUP "
+        f"to breakglass serve (pid {text}): its log says when the new policy is in force"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -523,6 +585,9 @@ ENVIRONMENT = {
     "VAULT_K8S_TOKEN_PATH); ~/.vault-token is never read",
     "VAULT_TOKEN_ROLE": "an orphan token role for the per-grant tokens (optional)",
     "AUDIT_SIGNING_KEY": "the Ed25519 key that signs audit anchors (optional; `audit keygen`)",
+    "LOG_LEVEL": "DEBUG, INFO (default), WARNING, ERROR or CRITICAL; -v is DEBUG",
+    "LOG_FORMAT": "text (default) or json: one JSON object per line",
+    "BREAKGLASS_PID_FILE": "where `serve` writes its process id, for `breakglass reload`",
 }
 SERVING = (
     "BREAKGLASS_CONFIG",
@@ -535,6 +600,9 @@ SERVING = (
     "VAULT_TOKEN",
     "VAULT_TOKEN_ROLE",
     "AUDIT_SIGNING_KEY",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "BREAKGLASS_PID_FILE",
 )
 
 
@@ -798,6 +866,20 @@ def parser() -> argparse.ArgumentParser:
     )
     dg.set_defaults(func=cmd_digest)
 
+    rl = command(
+        sub,
+        "reload",
+        "check the policy file, then make the running `serve` load it (SIGHUP)",
+        "Check the policy file (BREAKGLASS_CONFIG), then send SIGHUP to the running "
+        "`breakglass serve`, found through its pid file (BREAKGLASS_PID_FILE, which `serve` "
+        "writes). The server checks the file again and puts it in force, or refuses it and "
+        "keeps the running policy; its log says which. Without a pid file: kill -HUP <pid of "
+        "breakglass serve>.",
+        ("BREAKGLASS_CONFIG", "BREAKGLASS_PID_FILE", "LOG_LEVEL"),
+    )
+    rl.add_argument("--pid-file", help="the pid file `serve` wrote (default BREAKGLASS_PID_FILE)")
+    rl.set_defaults(func=cmd_reload)
+
     d = command(
         sub,
         "demo",
@@ -828,13 +910,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Through the environment, so that every reader of the settings (gunicorn's worker
         # too) sees the same file.
         os.environ["BREAKGLASS_CONFIG"] = args.config
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from bot.logmask import quiet_secret_loggers
+    from bot.logs import LogSettingError, configure
 
-    quiet_secret_loggers()  # before any library logs: its payloads may carry secrets
+    try:
+        # Before any library logs: one format for all, every record masked.
+        configure(logging.DEBUG if args.verbose else None)
+    except LogSettingError as exc:
+        print(f"environment: {exc}", file=sys.stderr)
+        return 1
     logging.getLogger(__name__).debug(
         "breakglass %s: %s, policy file %s",
         _version(),

@@ -52,18 +52,30 @@ class _MaskingFactory:
 
 
 def _print_masked(
-    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+    kind: type[BaseException],
+    value: BaseException,
+    tb: TracebackType | None,
+    header: str = "uncaught exception",
 ) -> None:
+    if logging.getLogger().handlers:
+        # A log record like any other, in the process's format (LOG_FORMAT=json: one line),
+        # masked by the record factory as it is made.
+        logging.getLogger("bot.crash").critical(header, exc_info=(kind, value, tb))
+        return
     text = "".join(traceback.format_exception(kind, value, tb))
-    sys.stderr.write(mask(text))
+    sys.stderr.write(f"{header}:\n{mask(text)}")
 
 
 def _thread_hook(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread is not None else "?"
-    sys.stderr.write(f"Exception in thread {name}:\n")
-    _print_masked(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    _print_masked(
+        args.exc_type,
+        args.exc_value or args.exc_type(),
+        args.exc_traceback,
+        f"uncaught exception in thread {name}",
+    )
 
 
 def install() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -12,6 +13,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
 
+log = logging.getLogger(__name__)
+
 
 def alembic_config() -> Config:
     cfg = Config()
@@ -21,11 +24,17 @@ def alembic_config() -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database to `revision` (default the newest)."""
+    """Bring the database to `revision` (default the newest); one line says what it applied
+    (Alembic's own lines are quietened: `bot.logs`)."""
+    todo = pending(engine) if revision == "head" else None
     cfg = alembic_config()
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
+    if todo:
+        log.info(
+            "database migrated: applied %s (%s migration(s))", ", ".join(sorted(todo)), len(todo)
+        )
 
 
 def pending(engine: Engine) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -631,3 +632,24 @@ def load_policy(path: str | Path) -> Policy:
             [Problem("", f"cannot read the policy file: {exc.strerror}", None, str(path))]
         ) from None
     return parse_policy(text, str(path))
+
+
+class PolicyHolder:
+    """The policy in force, read by everything that needs it (the use cases, the stats, the
+    notifier, the scheduler) and replaced whole on a reload. Readers take `current` once per
+    piece of work; a reload swaps one reference under a lock, so a reader sees the old policy
+    or the new one, never a mix."""
+
+    def __init__(self, policy: Policy):
+        self._policy = policy
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Policy:
+        return self._policy
+
+    def swap(self, policy: Policy) -> Policy:
+        """Put `policy` in force; returns the one it replaced."""
+        with self._lock:
+            old, self._policy = self._policy, policy
+        return old

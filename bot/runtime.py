@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from slack_sdk import WebClient
 
 from bot import metrics, migrate
 from bot.logmask import quiet_secret_loggers
-from bot.policy import Policy, load_policy
+from bot.policy import Policy, PolicyError, load_policy
 from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.slack.app import create_app, create_web_app
@@ -29,6 +30,7 @@ from bot.usecases.forwarding import Forwarder, Forwarders
 from bot.usecases.ports import utcnow
 from providers import ProviderError, VaultBackend
 from providers.auth import vault_auth_from_env
+from providers.transit import Sealer
 
 __all__ = ["Runtime", "build", "quiet_secret_loggers"]
 
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class Runtime:
     settings: Settings
-    policy: Policy
     store: Store
     backend: VaultBackend
     service: Breakglass
@@ -49,6 +50,50 @@ class Runtime:
     client: WebClient | None = None
     _ready_cache: tuple[float, dict] | None = None
     forwarders: Forwarders | None = None
+    _started: bool = False
+    _reloading: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force (`reload_policy` replaces it)."""
+        return self.service.policy
+
+    def reload_policy(self) -> bool:
+        """Read the policy file again and put it in force: validated first; a file with
+        problems is refused (each problem logged with its file:line) and the running policy
+        stays. True when the new policy is in force."""
+        path = self.settings.breakglass_config
+        with self._reloading:
+            try:
+                new = load_policy(path)
+            except PolicyError as exc:
+                for problem in exc.problems:
+                    log.error("policy reload refused: %s", problem)
+                log.error(
+                    "policy reload refused: %s problem(s) in %s; the running policy stays",
+                    len(exc.problems),
+                    path,
+                )
+                return False
+            old = self.service.core.policies.swap(new)
+            self._apply(old, new)
+        log.info("policy reloaded from %s: %s", path, policy_changes(old, new))
+        return True
+
+    def _apply(self, old: Policy, new: Policy) -> None:
+        """What was built from the policy at start, brought in line with the new one."""
+        self.scheduler.schedule_policy_jobs()
+        core = self.service.core
+        if new.audit.encrypt != old.audit.encrypt:
+            core.sealer = Sealer(self.backend.client, new.audit.encrypt)
+        if new.audit.forward != old.audit.forward:
+            previous = self.forwarders
+            self.forwarders = forwarders_for(self.store, new)
+            core.on_audit = self.forwarders.wake
+            if previous is not None:
+                previous.stop()
+            if self._started:
+                self.forwarders.start()
 
     def live(self) -> dict:
         """Liveness: the process answers and its timers run."""
@@ -99,6 +144,7 @@ class Runtime:
         return status
 
     def start(self) -> None:
+        self._started = True
         self.scheduler.start()
         if self.service.outbox is not None:
             self.service.outbox.start()
@@ -129,6 +175,31 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, sa.exc.SQLAlchemyError):
         return f"unreachable ({type(getattr(exc, 'orig', None) or exc).__name__})"
     return f"unreachable ({type(exc).__name__})"
+
+
+def policy_changes(old: Policy, new: Policy) -> str:
+    """What a reload changed, in one line: resources added, removed, changed; other settings."""
+    added = sorted(set(new.resources) - set(old.resources))
+    removed = sorted(set(old.resources) - set(new.resources))
+    changed = sorted(
+        n for n in set(new.resources) & set(old.resources) if new.resources[n] != old.resources[n]
+    )
+    parts = [f"{len(new.resources)} resource(s)"]
+    parts += [
+        f"{what} {', '.join(names)}"
+        for what, names in (("added", added), ("removed", removed), ("changed", changed))
+        if names
+    ]
+    others = [
+        name
+        for name in type(new).model_fields
+        if name != "resources" and getattr(new, name) != getattr(old, name)
+    ]
+    if others:
+        parts.append(f"other settings changed: {', '.join(others)}")
+    elif not (added or removed or changed):
+        parts.append("nothing changed")
+    return "; ".join(parts)
 
 
 def forwarders_for(store: Store, policy: Policy) -> Forwarders:
@@ -173,9 +244,7 @@ def build(
     service = Breakglass(
         store, policy, backend, timers=scheduler, clock=clock, signer=settings.audit_signer()
     )
-    notifier = SlackNotifier(
-        client, service.core, policy.security_channel, settings.vault_addr, service.digests
-    )
+    notifier = SlackNotifier(client, service.core, settings.vault_addr, service.digests)
     service.grants.courier = notifier
     # Tests drive the bot request by request and read Slack right after: the outbox is then
     # drained in the committing thread as well. In production a worker thread does it.
@@ -190,7 +259,7 @@ def build(
         signing_secret=secret.get_secret_value() if secret else None,
         process_before_response=process_before_response,
     )
-    runtime = Runtime(settings, policy, store, backend, service, scheduler, app, None, client)  # type: ignore[arg-type]
+    runtime = Runtime(settings, store, backend, service, scheduler, app, None, client)  # type: ignore[arg-type]
     runtime.forwarders = forwarders_for(store, policy)
     service.core.on_audit = runtime.forwarders.wake
     runtime.web = create_web_app(

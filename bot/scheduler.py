@@ -4,6 +4,7 @@ the upkeep of the bot's own Vault token."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -42,6 +43,8 @@ class Scheduler:
         self.service: Breakglass | None = None
         self.auth: VaultAuth | None = None
         self._auth_failing = False
+        self._cron_schedules: dict[str, tuple[str, str]] = {}  # job id -> (cron, time zone)
+        self._cron_schedules_set = False
 
     def bind(self, service: Breakglass, auth: VaultAuth | None = None) -> None:
         self.service = service
@@ -95,26 +98,40 @@ class Scheduler:
                 replace_existing=True,
                 misfire_grace_time=None,
             )
+        self.schedule_policy_jobs()
 
-        anchor = self.service.policy.audit.anchor
+    def schedule_policy_jobs(self) -> None:
+        """The jobs whose schedule the policy sets (the audit round, the digest), as the
+        policy in force says; run again after a reload (a job whose schedule did not change
+        keeps its next run)."""
+        assert self.service is not None, "bind() the service first"
+        policy = self.service.policy
+        anchor = policy.audit.anchor
+        self._cron_job("audit", self.audit_round, (anchor.cron, anchor.timezone))
+        schedule = policy.digest
+        if schedule is None:
+            if self.scheduler.get_job("digest") is not None:
+                self.scheduler.remove_job("digest")
+                log.info("the weekly digest is no longer scheduled")
+            self._cron_schedules.pop("digest", None)
+        else:
+            self._cron_job("digest", self.owe_digest, (schedule.cron, schedule.timezone))
+        self._cron_schedules_set = True
+
+    def _cron_job(self, job_id: str, func: Callable[[], None], cron: tuple[str, str]) -> None:
+        if self._cron_schedules.get(job_id) == cron and self.scheduler.get_job(job_id):
+            return
         self.scheduler.add_job(
-            self.audit_round,
-            cron_trigger(anchor.cron, ZoneInfo(anchor.timezone)),
-            id="audit",
+            func,
+            cron_trigger(cron[0], ZoneInfo(cron[1])),
+            id=job_id,
             replace_existing=True,
-            # A round missed while the bot was down still runs (within an hour).
+            # A round or a digest missed while the bot was down still runs (within an hour).
             misfire_grace_time=3600,
         )
-        schedule = self.service.policy.digest
-        if schedule is not None:
-            self.scheduler.add_job(
-                self.owe_digest,
-                cron_trigger(schedule.cron, ZoneInfo(schedule.timezone)),
-                id="digest",
-                replace_existing=True,
-                # A digest missed while the bot was down is still owed (within an hour).
-                misfire_grace_time=3600,
-            )
+        self._cron_schedules[job_id] = cron
+        if self._cron_schedules_set:  # a reload changed it (the start says nothing)
+            log.info("the %s job now runs at %r (%s)", job_id, cron[0], cron[1])
 
     def audit_round(self) -> None:
         """The daily round: verify the chain (alert if it broke), anchor its head, prune."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,9 +23,16 @@ class Settings(BaseSettings):
     vault_token_role: str | None = None
     database_url: str = "sqlite:///breakglass.db"
     breakglass_config: Path = Path("breakglass.yml")
+    # Where `serve` writes its pid (the gunicorn master's) and `breakglass reload` reads it.
+    breakglass_pid_file: Path | None = None
     # Ed25519 key that signs the audit chain's anchors: PKCS#8 PEM, a file holding it, or
     # base64 of the 32-byte seed (`breakglass audit keygen` makes one).
     audit_signing_key: SecretStr | None = None
+
+    @field_validator("breakglass_pid_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def audit_signer(self) -> Any:
         """The anchors' signing key, or None; KeyProblem when it is set but unusable."""

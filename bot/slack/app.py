@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,8 @@ from slack_bolt.request.internals import parse_body
 from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
+from bot import logs
+from bot.domain.forms import BadInput, parse_request_id
 from bot.slack import errors
 from bot.slack.approval import handlers as approval
 from bot.slack.credential import handlers as credential
@@ -32,6 +35,49 @@ def register_listeners(app: App, service: Breakglass) -> None:
     review.register(app, service)
 
 
+def request_of(body: dict[str, Any]) -> int | None:
+    """The request a Slack event acts on: a button's value, a modal's private_metadata, a
+    command's second word (`/breakglass revoke 12`); None for anything else."""
+    candidates: list[object] = []
+    actions = body.get("actions")
+    if isinstance(actions, list) and actions and isinstance(actions[0], dict):
+        candidates.append(actions[0].get("value"))
+    view = body.get("view")
+    if isinstance(view, dict) and view.get("private_metadata"):
+        try:
+            meta = json.loads(view["private_metadata"])
+        except (TypeError, ValueError):
+            meta = None
+        if isinstance(meta, dict):
+            candidates.append(meta.get("request_id"))
+    words = str(body.get("text") or "").split()
+    if body.get("command") and len(words) == 2:
+        candidates.append(words[1])
+    for value in candidates:
+        try:
+            return parse_request_id(value)
+        except BadInput:
+            continue
+    return None
+
+
+def _log_context(body: dict, next: Callable[[], Any]) -> Any:
+    """Every line logged while handling this event names the request it acts on and who
+    acts (listeners run in a copy of this context: `bot.logs.ContextExecutor`)."""
+    logs.clear()
+    body = body if isinstance(body, dict) else {}
+    user = body.get("user")
+    actor = (user.get("id") if isinstance(user, dict) else user) or body.get("user_id")
+    ids: dict[str, Any] = {}
+    request_id = request_of(body)
+    if request_id is not None:
+        ids["request_id"] = request_id
+    if isinstance(actor, str) and actor:
+        ids["actor"] = actor[:32]
+    logs.bind(**ids)
+    return next()
+
+
 def create_app(
     service: Breakglass,
     client: WebClient,
@@ -47,7 +93,10 @@ def create_app(
         process_before_response=process_before_response,
         # Slack's own request-URL check is answered without touching our listeners.
         ssl_check_enabled=True,
+        # Bolt's default pool (5 threads), running each listener in its event's log context.
+        listener_executor=logs.ContextExecutor(max_workers=5, thread_name_prefix="listener"),
     )
+    app.use(_log_context)
     register_listeners(app, service)
     errors.register(app, client)
     return app
@@ -95,6 +144,11 @@ def create_web_app(
     web.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     handler = SlackRequestHandler(app)
     verifier = SignatureVerifier(signing_secret or "")
+
+    @web.before_request
+    def new_log_context() -> None:
+        # gunicorn's threads serve one request after another: nothing carries over.
+        logs.clear()
 
     @web.post("/slack/events")
     def slack_events():  # type: ignore[no-untyped-def]

@@ -181,15 +181,18 @@ class SlackNotifier:
         self,
         client: WebClient,
         core: Core,
-        security_channel: str,
         vault_addr: str | None,
         digests: Digests | None = None,
     ):
         self.digests = digests
         self.client = client
         self.core = core
-        self.security_channel = security_channel
         self.vault_addr = vault_addr
+
+    @property
+    def security_channel(self) -> str:
+        """The policy's, as it is now: a reload may move it (cards already posted stay)."""
+        return self.core.policy.security_channel
 
     def handlers(self) -> dict[str, Handler]:
         return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bot.policy import Policy
+from bot.policy import Policy, PolicyHolder
 from bot.store import Store
 from bot.usecases.core import SYSTEM, Core, NotFound
 from bot.usecases.deadlines import Deadlines
@@ -38,7 +38,7 @@ class Breakglass:
     ):
         self.core = Core(
             store,
-            policy,
+            PolicyHolder(policy),
             backend,
             Effects(),
             timers or NoTimers(),
@@ -50,7 +50,7 @@ class Breakglass:
         self.grants = Grants(self.core, courier, self.reviews)
         self.requests = Requests(self.core, self.grants)
         self.deadlines = Deadlines(self.core, self.requests, self.grants, self.reviews)
-        self.stats = Stats(store, clock, policy)
+        self.stats = Stats(store, clock, self.core.policies)
         self.digests = Digests(self.core, self.stats, self.trail)
         self.outbox: OutboxWorker | None = None
 

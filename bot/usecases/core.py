@@ -12,7 +12,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from bot.domain.workflow import Event, Refused, State, transition
-from bot.policy import Policy, Resource
+from bot.policy import Policy, PolicyHolder, Resource
 from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, Store, audit, outbox
 from bot.usecases.effects import Effects
 from bot.usecases.ports import Card, Clock, NoTimers, Timers, utcnow
@@ -34,7 +34,8 @@ class Core:
     """The ports and the policy; one per process, shared by the use cases."""
 
     store: Store
-    policy: Policy
+    # The policy in force (`policy`), replaced whole on a reload.
+    policies: PolicyHolder
     backend: VaultBackend
     effects: Effects
     timers: Timers = field(default_factory=NoTimers)
@@ -43,6 +44,11 @@ class Core:
     sealer: Sealer = field(default_factory=lambda: Sealer(None))
     # Called once a transaction that wrote audit events committed (the forwarders' wake).
     on_audit: Callable[[], None] | None = None
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force now (a reload may replace it: take it once per piece of work)."""
+        return self.policies.current
 
     def seal(self, text: str | None, what: str) -> str | None:
         """`text` as stored: sealed when audit.encrypt is set. When Vault cannot seal it now
@@ -240,13 +246,12 @@ class Core:
         """Audit events (request id, event, actor, details, note), appended to the chain
         together; with `thread`, each also owes its reply and its card update."""
         at = self.clock()
-        recorded = audit.append_many(
-            session,
-            [
-                audit.NewEvent(at, who, event, rid, self._with_resource(session, rid, details))
-                for rid, event, who, details, _ in entries
-            ],
-        )
+        new = [
+            audit.NewEvent(at, who, event, rid, self._with_resource(session, rid, details))
+            for rid, event, who, details, _ in entries
+        ]
+        recorded = audit.append_many(session, new)
+        _log_after_commit(session, new, recorded)
         if self.on_audit is not None:
             outbox.wake_after_commit(session, self.on_audit)
         for (request_id, event, actor, _, note), done in zip(entries, recorded, strict=True):
@@ -257,6 +262,55 @@ class Core:
                 if event in CREDENTIAL_MESSAGE_EVENTS:
                     self.effects.credential_changed(session, request_id)
         return recorded
+
+
+# Events an operator should look at; every other event (the normal path: requested,
+# approved, issued, revealed, revoked, expired, ...) is logged at INFO.
+_EVENT_LEVELS = {
+    Event.ISSUE_FAILED: logging.WARNING,
+    Event.REVOKE_FAILED: logging.WARNING,
+    Event.DELIVERY_FAILED: logging.WARNING,
+    Event.REVEAL_TAMPER: logging.ERROR,
+    Event.REVOCATION_STUCK: logging.ERROR,
+    Event.CHAIN_BROKEN: logging.ERROR,
+}
+
+
+def _log_after_commit(
+    session: Session, new: list[audit.NewEvent], recorded: list[AuditEvent]
+) -> None:
+    """One log line per audit event, once its transaction committed (a rolled-back change
+    is not logged as done): the ids only (request, resource, actor), never the details."""
+    pending = session.info.get("log_events")
+    if pending is None:
+        pending = session.info["log_events"] = []
+        # First: the line that says what happened comes before the effects it owes.
+        session.info.setdefault("after_commit", []).insert(0, lambda: _log_events(pending))
+    for item, done in zip(new, recorded, strict=True):
+        resource = (item.details or {}).get("resource")
+        pending.append(
+            (
+                done.seq,
+                item.request_id,
+                str(item.action),
+                item.actor,
+                resource if isinstance(resource, str) else None,
+            )
+        )
+
+
+def _log_events(events: list[tuple[int, int | None, str, str, str | None]]) -> None:
+    for seq, request_id, action, actor, resource in events:
+        level = _EVENT_LEVELS.get(Event(action), logging.INFO)
+        on = f" ({resource})" if resource else ""
+        subject = f"request {request_id}{on}" if request_id is not None else "audit"
+        by = "" if actor == SYSTEM else f" by {actor}"
+        ids: dict[str, Any] = {"action": action, "actor": actor, "audit_seq": seq}
+        if request_id is not None:
+            ids["request_id"] = request_id
+        if resource:
+            ids["resource"] = resource
+        log.log(level, "%s: %s%s", subject, action.replace("_", " "), by, extra=ids)
 
 
 def _detached(row: Any, **values: Any) -> Any:

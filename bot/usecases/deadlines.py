@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, select
 
+from bot import logs
 from bot.domain.workflow import Refused
 from bot.store import AccessRequest, Grant
 from bot.usecases.core import Core
@@ -167,8 +168,9 @@ class Deadlines:
             return len(handler(keys))
 
     def run(self, kind: str, key: int) -> bool:
-        """Act on one deadline (entry point for timers and the sweep); True if it acted."""
-        with self._acting():
+        """Act on one deadline (entry point for timers and the sweep); True if it acted.
+        Every deadline's key is its request's id: the lines logged meanwhile carry it."""
+        with self._acting(), logs.acting_for(key, deadline=kind):
             try:
                 return self.kinds[kind].run(key)
             except Refused as exc:

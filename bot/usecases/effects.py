@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session
 
+from bot import logs
 from bot.domain.notices import Notice
 from bot.domain.workflow import Event
 from bot.store import OutboxEntry, Store, outbox
@@ -192,6 +193,10 @@ class OutboxWorker:
         return total
 
     def _run(self, entry: OutboxEntry) -> int:
+        with logs.acting_for(entry.request_id):
+            return self._run_one(entry)
+
+    def _run_one(self, entry: OutboxEntry) -> int:
         handler = self.handlers.get(entry.kind)
         try:
             if handler is None:

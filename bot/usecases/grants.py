@@ -70,14 +70,17 @@ class Grants:
     # ---- issue and deliver ----------------------------------------------------------------
 
     def _spec(self, req: AccessRequest, duration: timedelta) -> tuple[Any, GrantSpec]:
-        res = self.core.policy.resources[req.resource]
+        policy = self.core.policy
+        res = policy.resources.get(req.resource)
+        if res is None:  # removed by a policy reload since it was asked for
+            raise Refused(f"{req.resource} is no longer in the policy")
         provider = make_provider(res.provider, self.core.backend, res.options)
         spec = GrantSpec(
             request_id=req.id,
             resource=req.resource,
             requester=req.requester,
             duration=duration,
-            wrap_ttl=self.core.policy.wrap_ttl,
+            wrap_ttl=policy.wrap_ttl,
             options=res.options,
         )
         return provider, spec
@@ -764,6 +767,9 @@ def _why(exc: Exception, request_id: int) -> str:
     if isinstance(exc, ProviderError):
         VAULT_ERRORS.labels("issue").inc()
         log.warning("issuing request %s failed: %s", request_id, exc)
+        return str(exc)
+    if isinstance(exc, Refused):
+        log.warning("issuing request %s refused: %s", request_id, exc)
         return str(exc)
     log.error("issuing request %s failed", request_id, exc_info=exc)
     return "internal error (see the bot's log)"

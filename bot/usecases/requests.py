@@ -10,6 +10,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from bot import logs
 from bot.domain.anomalies import RATE_BASELINE, RATE_WINDOW, Flag, Past, flags_for
 from bot.domain.forms import RequestForm, check_form, check_reason
 from bot.domain.notices import Notice, NoticeKind
@@ -99,13 +100,14 @@ class Requests:
         """Record a request; emergency requests are granted at once. The same submission
         (`submission_key`, Slack's view id) files one request however often it arrives."""
         core = self.core
-        valid, errors = check_form(core.policy, form)
+        policy = core.policy  # one policy for the whole submission, whatever a reload does
+        valid, errors = check_form(policy, form)
         if valid is None:
             raise Refused("; ".join(errors.values()))
-        if not core.policy.may_request(requester, valid.resource):
+        if not policy.may_request(requester, valid.resource):
             raise Refused("you are not among those who may ask for this resource")
         now = core.clock()
-        placed = place(core.policy.windows, valid.resource, now)
+        placed = place(policy.windows, valid.resource, now)
         # Sealed at rest (audit.encrypt) before any lock is taken: Vault is a network away.
         # The ticket is an identifier (INC-1234), kept readable to join with the ticketing
         # system; what people write is in the justification.
@@ -130,12 +132,12 @@ class Requests:
                 review_required=review_owed(
                     emergency=valid.emergency,
                     review_required=False,
-                    resource=core.policy.resources[valid.resource],
+                    resource=policy.resources[valid.resource],
                 ),
                 state=State.PENDING.value,
                 created_at=now,
                 updated_at=now,
-                timeout_at=None if valid.emergency else now + core.policy.approval_timeout,
+                timeout_at=None if valid.emergency else now + policy.approval_timeout,
                 submission_key=submission_key,
                 window=placed.window,
                 outside_window=placed.outside,
@@ -160,6 +162,8 @@ class Requests:
                 ) from None
             request_id = req.id
             assert request_id is not None
+            # The rest of this event's handling acts for that request (its log lines say so).
+            logs.bind(request_id=request_id)
             core.record(
                 s,
                 request_id,
@@ -188,7 +192,7 @@ class Requests:
                         "decision": "approve",
                         "override": "emergency_self_approval",
                         "review_required": True,
-                        "alerted": [core.policy.security_channel],
+                        "alerted": [policy.security_channel],
                     },
                     decided_at=now,
                 )
@@ -207,7 +211,7 @@ class Requests:
         if valid.emergency:
             self.grants.issue(request_id)
         else:
-            core.timers.at("timeout", request_id, now + core.policy.approval_timeout)
+            core.timers.at("timeout", request_id, now + policy.approval_timeout)
         with core.store.read() as s:
             return core.get(s, request_id)
 
@@ -229,7 +233,10 @@ class Requests:
             except IntegrityError:
                 raise Refused("you have already decided on this request; nothing changed") from None
             approvals = [d.approver for d in decisions if d.outcome == "approve"] + [actor]
-            needed = core.policy.resources[req.resource].approvals_needed(req.outside_window)
+            resource = core.policy.resources.get(req.resource)
+            if resource is None:  # removed by a policy reload since it was asked for
+                raise Refused(f"{req.resource} is no longer in the policy; nothing changed")
+            needed = resource.approvals_needed(req.outside_window)
             approved = quorum_reached(approvals, req.requester, needed)
             if approved:
                 core.move(

@@ -46,7 +46,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from bot.domain.periods import Period
 from bot.domain.workflow import Refused, State
-from bot.policy import Policy
+from bot.policy import Policy, PolicyHolder
 from bot.store import AccessRequest, Grant, Review, Store, UTCDateTime
 from bot.usecases.ports import Clock, utcnow
 
@@ -179,10 +179,20 @@ class Stats:
     """The figures, read from the database. `policy` (when given) says who may see them in
     Slack: the people who decide on or review break-glass access."""
 
-    def __init__(self, store: Store, clock: Clock = utcnow, policy: Policy | None = None):
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock = utcnow,
+        policy: Policy | PolicyHolder | None = None,
+    ):
         self.store = store
         self.clock = clock
-        self.policy = policy
+        self._policies = PolicyHolder(policy) if isinstance(policy, Policy) else policy
+
+    @property
+    def policy(self) -> Policy | None:
+        """The policy in force (a reload may replace it), if any."""
+        return self._policies.current if self._policies is not None else None
 
     @property
     def dialect(self) -> str:

@@ -3,7 +3,6 @@ modal."""
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from slack_bolt import Ack, App, Respond
@@ -11,6 +10,7 @@ from slack_sdk import WebClient
 
 from bot.domain.forms import BadInput, RequestForm, parse_request_id
 from bot.domain.periods import PeriodError, parse_period
+from bot.policy import Policy
 from bot.slack.format import escape
 from bot.slack.ids import FIELD_BLOCKS, ViewId
 from bot.slack.request import blocks
@@ -22,6 +22,7 @@ from bot.usecases.stats import NOT_FOR_YOU
 log = logging.getLogger(__name__)
 
 VERBS = ("revoke", "cancel")
+MODALS_KEPT = 64  # request forms kept built, one per set of resources people may ask for
 STATS_PERIOD = "30d"  # `/breakglass stats` alone: the last 30 days, as `breakglass stats`
 
 
@@ -36,14 +37,24 @@ def register(app: App, service: Breakglass) -> None:
         "(Vault's own lease TTL ends it regardless). The thread shows when it is done"
     )
 
-    @functools.lru_cache(maxsize=64)
-    def modal_of(resources: tuple[str, ...]) -> dict:
-        # The same form for everyone who may ask for the same resources: built (and checked
-        # against Slack's limits) once, not on every /breakglass while people queue up.
-        return blocks.request_modal(service.policy, resources=resources).to_dict()
+    # The same form for everyone who may ask for the same resources: built (and checked
+    # against Slack's limits) once per policy, not on every /breakglass while people queue
+    # up. A reload puts a new policy in force: its forms are built anew.
+    cache: list[tuple[Policy, dict[tuple[str, ...], dict]]] = [(service.policy, {})]
 
     def modal_for(user: str) -> dict:
-        return modal_of(tuple(service.policy.requestable(user)))
+        policy = service.policy
+        held, modals = cache[0]
+        if held is not policy:
+            modals = {}
+            cache[0] = (policy, modals)
+        names = tuple(policy.requestable(user))
+        modal = modals.get(names)
+        if modal is None:
+            modal = blocks.request_modal(policy, resources=names).to_dict()
+            if len(modals) < MODALS_KEPT:
+                modals[names] = modal
+        return modal
 
     @app.command("/breakglass")
     def handle_breakglass_command(
