@@ -278,7 +278,6 @@ def test_every_event_names_its_resource_the_decision_and_the_response(bot, slack
     assert revoked[0] == "breakglass"
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_audit_show_prints_one_requests_trail_with_its_hashes(bot, slack, database_url):
     request_access(bot, slack, resource="prod-db-two-keys", duration="10m")
     parent = request_access(bot, slack)

@@ -34,7 +34,9 @@ from tests.helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+# On both stores where the database settles something (locks, races, constraints, the
+# audit chain, what is stored); the rest is the same code on either and runs on SQLite.
+BOTH = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 
 def count_rows(bot, model) -> int:
@@ -91,6 +93,7 @@ def test_invalid_input_gets_inline_errors_and_records_nothing(bot, slack, values
 # ---- 2. submitting --------------------------------------------------------------------------
 
 
+@BOTH
 def test_submit_records_request_and_posts_card_with_buttons(bot, slack):
     parent = request_access(bot, slack, ticket="INC-4711")
     rid = request_id_of(parent)
@@ -119,6 +122,7 @@ def test_submit_records_request_and_posts_card_with_buttons(bot, slack):
     assert any("waiting for approval" in t for t in pending)
 
 
+@BOTH
 def test_one_open_request_per_person_and_resource(bot, slack):
     first = request_access(bot, slack)
     rid = request_id_of(first)
@@ -167,6 +171,7 @@ def test_outsider_cannot_approve(bot, slack):
     assert any("not an approver" in t for t in slack.ephemerals(OUTSIDER))
 
 
+@BOTH
 def test_double_click_issues_one_credential(bot, slack, backends):
     parent = request_access(bot, slack)
     results = []
@@ -192,6 +197,7 @@ def test_double_click_issues_one_credential(bot, slack, backends):
     assert meta["breakglass_request"] == str(rid)
 
 
+@BOTH
 def test_two_approvers_at_once_issue_one_credential(bot, slack):
     parent = request_access(bot, slack)
     barrier = threading.Barrier(2)
@@ -215,6 +221,7 @@ def test_two_approvers_at_once_issue_one_credential(bot, slack):
     assert len(told) == 1, "the slower approver is told nothing changed"
 
 
+@BOTH
 def test_click_on_finished_request_changes_nothing(bot, slack):
     parent = request_access(bot, slack)
     click(bot, APPROVER, parent, ActionId.APPROVE)
@@ -247,6 +254,7 @@ def test_deny_asks_for_reason_and_tells_requester(bot, slack):
     assert count_rows(bot, Grant) == 0
 
 
+@BOTH
 def test_two_approvals_need_two_distinct_approvers(bot, slack):
     parent = request_access(bot, slack, resource="prod-db-two-keys", duration="10m")
     rid = request_id_of(parent)
@@ -263,6 +271,7 @@ def test_two_approvals_need_two_distinct_approvers(bot, slack):
 # ---- 4. emergency ----------------------------------------------------------------------------
 
 
+@BOTH
 def test_emergency_grants_at_once_loudly_and_needs_review(bot, slack, backends):
     parent = request_access(bot, slack, emergency=True)
     rid = request_id_of(parent)
@@ -297,6 +306,7 @@ def test_issued_credential_works_with_lease_ttl_equal_to_grant(bot, slack, backe
     assert 20 * 60 - 30 <= lease["ttl"] <= 20 * 60, "Vault ends the lease by itself on time"
 
 
+@BOTH
 def test_reveal_is_single_use_and_only_for_requester(bot, slack):
     parent = request_access(bot, slack)
     click(bot, APPROVER, parent, ActionId.APPROVE)
@@ -310,6 +320,7 @@ def test_reveal_is_single_use_and_only_for_requester(bot, slack):
     assert any("already revealed" in t for t in slack.ephemerals(REQUESTER))
 
 
+@BOTH
 def test_unwrapped_by_someone_else_is_a_tamper_alert_and_revokes(bot, slack, backends):
     parent = request_access(bot, slack)
     rid = request_id_of(parent)
@@ -326,6 +337,7 @@ def test_unwrapped_by_someone_else_is_a_tamper_alert_and_revokes(bot, slack, bac
     assert not backends.pg.can_login(stolen["username"], stolen["password"])
 
 
+@BOTH
 def test_secret_never_reaches_channels_logs_or_database(bot, slack, all_logs):
     parent = request_access(bot, slack)
     click(bot, APPROVER, parent, ActionId.APPROVE)
@@ -368,6 +380,7 @@ def test_secret_never_reaches_channels_logs_or_database(bot, slack, all_logs):
 # ---- 6. revocation -------------------------------------------------------------------------------
 
 
+@BOTH
 def test_expiry_revokes_on_time_through_the_timer(bot, slack, backends, clock):
     parent = request_access(bot, slack, duration="15m")
     rid = request_id_of(parent)
@@ -389,6 +402,7 @@ def test_expiry_revokes_on_time_through_the_timer(bot, slack, backends, clock):
     assert any("expired" in m.text for m in slack.dms(REQUESTER))
 
 
+@BOTH
 def test_sweep_after_restart_ends_overdue_grants(
     bot, slack, backends, clock, database_url, tmp_path
 ):
@@ -408,6 +422,7 @@ def test_sweep_after_restart_ends_overdue_grants(
         again.stop()
 
 
+@BOTH
 def test_revoke_now_button(bot, slack, backends):
     parent = request_access(bot, slack)
     rid = request_id_of(parent)
@@ -441,6 +456,7 @@ def test_revoke_command_by_approver(bot, slack, backends):
 # ---- 7. audit ------------------------------------------------------------------------------------
 
 
+@BOTH
 def test_every_transition_is_one_audit_event_and_one_thread_reply(bot, slack):
     parent = request_access(bot, slack)
     rid = request_id_of(parent)
@@ -476,6 +492,7 @@ def test_every_transition_is_one_audit_event_and_one_thread_reply(bot, slack):
     assert final.edits == 5 and "Ended (revoked)" in str(final.blocks)
 
 
+@BOTH
 def test_audit_export_writes_the_chain_as_json_lines(
     bot, slack, monkeypatch, database_url, tmp_path
 ):
@@ -502,6 +519,7 @@ def test_audit_export_writes_the_chain_as_json_lines(
     assert [e["action"] for e in only] == ["requested"]
 
 
+@BOTH
 def test_audit_verify_detects_an_edited_row(bot, slack, monkeypatch, capsys, database_url):
     parent = request_access(bot, slack)
     click(bot, APPROVER, parent, ActionId.APPROVE)
@@ -542,6 +560,7 @@ def test_healthz_is_liveness_and_readyz_names_each_part(bot):
     assert r.json() == {"ok": True, "database": "ok", "vault": "ok", "slack": "ok"}
 
 
+@BOTH
 def test_request_without_decision_times_out(bot, slack, clock):
     parent = request_access(bot, slack)
     rid = request_id_of(parent)
@@ -657,6 +676,7 @@ def test_grant_never_promises_more_than_vault_gave(backends, slack, clock, datab
         capped.stop()
 
 
+@BOTH
 def test_requester_can_cancel_a_pending_request(bot, slack):
     parent = request_access(bot, slack)
     rid = request_id_of(parent)
@@ -687,6 +707,7 @@ def test_raising_slack_sdk_to_debug_later_still_logs_no_secret(bot, slack, all_l
         logging.getLogger("slack_sdk.web.base_client").setLevel(logging.INFO)
 
 
+@BOTH
 def test_issue_interrupted_by_a_crash_is_failed_by_the_sweep(bot, slack, clock):
     parent = request_access(bot, slack)
     rid = request_id_of(parent)
@@ -701,6 +722,7 @@ def test_issue_interrupted_by_a_crash_is_failed_by_the_sweep(bot, slack, clock):
     assert "Failed to issue" in str(current(slack, parent).blocks)
 
 
+@BOTH
 def test_two_replicas_sweeping_at_once_end_a_grant_once(
     bot, slack, backends, clock, database_url, tmp_path
 ):
