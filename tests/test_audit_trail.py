@@ -41,17 +41,34 @@ RETAINED = POLICY + "retention:\n  details: 400d\n"
 
 
 def cli(
-    database_url: str, *args: str, env: dict[str, str] | None = None
+    database_url: str, *args: str, env: dict[str, str] | None = None, real: bool = False
 ) -> subprocess.CompletedProcess:
+    """`breakglass ARGS` with DATABASE_URL and `env`: in this process (the same `main()`,
+    without a Python start-up), or as its own process with `real`."""
+    import contextlib
+    import io
     import os
+    from unittest import mock
 
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DATABASE_URL": database_url, **(env or {})},
-        timeout=60,
-    )
+    environ = {**os.environ, "DATABASE_URL": database_url, **(env or {})}
+    if real:
+        return subprocess.run(
+            [sys.executable, "-m", "bot.cli", *args],
+            capture_output=True,
+            text=True,
+            env=environ,
+            timeout=60,
+        )
+    from bot.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, environ, clear=True),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def events(store: Store) -> list[AuditEvent]:
@@ -113,7 +130,7 @@ def test_truncation_and_a_full_rewrite_pass_alone_but_fail_against_anchors(
     request_access(bot, slack)
     request_access(bot, slack, user="U0CAROL", emergency=True)
     anchors = tmp_path / "anchors.txt"
-    made = cli(database_url, "audit", "anchor", "--out", str(anchors), env=env)
+    made = cli(database_url, "audit", "anchor", "--out", str(anchors), env=env, real=True)
     assert made.returncode == 0, made.stderr
     (anchor,) = parse(anchors.read_text())
     store = bot.runtime.store
@@ -129,7 +146,7 @@ def test_truncation_and_a_full_rewrite_pass_alone_but_fail_against_anchors(
     tamper(store.engine, "UPDATE audit_head SET seq = :k, hash = :h", k=keep, h=kept.hash)
     alone = cli(database_url, "audit", "verify")
     assert alone.returncode == 0, "a clean truncation is invisible without an anchor"
-    against = cli(database_url, "audit", "verify", "--anchors", str(anchors))
+    against = cli(database_url, "audit", "verify", "--anchors", str(anchors), real=True)
     assert against.returncode == 1
     assert f"truncated: the anchor of {anchor.at:%Y-%m-%d %H:%M:%S}Z" in against.stderr
     assert f"names event {anchor.seq}, the chain ends at {keep}" in against.stderr
