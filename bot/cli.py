@@ -132,7 +132,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_anchor(args: argparse.Namespace) -> int:
     """Print (and append to --out) the chain's head as a signed anchor line."""
     from bot.domain.anchors import KeyProblem, anchor_of
-    from bot.store import AuditHead, audit
+    from bot.store import audit
     from bot.usecases.ports import utcnow
 
     settings = _settings()
@@ -144,8 +144,7 @@ def cmd_audit_anchor(args: argparse.Namespace) -> int:
 
     def head(store: Any) -> tuple[int, str]:
         with store.read() as s:
-            row = s.get(AuditHead, 1)
-            return (row.seq, row.hash) if row else (0, audit.GENESIS)
+            return audit.head(s)
 
     found = _reading_database(head, code=2)
     line = anchor_of(found[0], found[1], utcnow()).signed(signer).line()
@@ -260,13 +259,18 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
     settings = _settings()
     opener = None
     if settings.vault_addr:  # sealed texts (audit.encrypt) are opened with the bot's Vault
+        import os
+
         import hvac
 
+        from providers.auth import tls_and_namespace
         from providers.transit import Sealer
 
-        # "" and never None: hvac would read ~/.vault-token, a person's own token.
+        # "" and never None: hvac would read ~/.vault-token, a person's own token. TLS and
+        # the namespace as the bot itself reaches Vault (VAULT_CACERT, VAULT_NAMESPACE).
         token = settings.vault_token.get_secret_value() if settings.vault_token else ""
-        opener = Sealer(hvac.Client(url=settings.vault_addr, token=token)).open_many
+        client = hvac.Client(url=settings.vault_addr, token=token, **tls_and_namespace(os.environ))
+        opener = Sealer(client).open_many
 
     def show(store: Any) -> str | None:
         with store.read() as s:

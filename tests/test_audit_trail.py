@@ -405,7 +405,13 @@ def test_events_written_before_migration_0005_still_verify_and_are_never_pruned(
 
 # ---- free text sealed at rest --------------------------------------------------------------
 
-SEALED = POLICY + "audit:\n  encrypt: transit/keys/bg-audit\n"
+
+def sealed(key: str) -> str:
+    """The sandbox policy with its free text sealed with transit key `key`."""
+    return POLICY + f"audit:\n  encrypt: transit/keys/{key}\n"
+
+
+SEALED = sealed("bg-audit")
 
 
 def transit_token(backends) -> str:
@@ -481,7 +487,7 @@ def _every_text(store: Store) -> str:
 
 
 @pytest.mark.faults
-def test_with_vault_down_a_sealed_request_is_refused_in_the_modal_and_nothing_half_kept(
+def test_with_vault_down_a_sealed_request_is_refused_plainly_and_nothing_half_kept(
     backends, slack, clock, database_url, tmp_path, vault_proxy
 ):
     from bot.sandbox.slack_fake import request_values

@@ -26,7 +26,7 @@ from bot.domain.anchors import (
 )
 from bot.domain.workflow import Event, State
 from bot.sandbox.slack_fake import deny_values, request_values
-from bot.sandbox.stack import APPROVER, POLICY, REQUESTER, SECURITY_CHANNEL, start_bot
+from bot.sandbox.stack import APPROVER, REQUESTER, SECURITY_CHANNEL, start_bot
 from bot.settings import Settings
 from bot.slack.ids import ActionId
 from bot.store import AccessRequest, AuditEvent, Store, audit, create_db_engine
@@ -39,7 +39,7 @@ from tests.helpers import (
     request_row,
     wait_for,
 )
-from tests.test_audit_trail import cli, ended_access, transit_token
+from tests.test_audit_trail import cli, ended_access, sealed, transit_token
 from tests.test_vault_edge import check_config
 
 pytestmark = pytest.mark.faults
@@ -192,10 +192,6 @@ def test_the_prune_path_removes_only_details_of_finished_requests_marked_pruned(
 
 
 # ---- an unlucky operator: free text sealed with a transit key Vault cannot use now ---------
-
-
-def sealed(key: str) -> str:
-    return POLICY + f"audit:\n  encrypt: transit/keys/{key}\n"
 
 
 def test_a_request_vault_cannot_seal_is_refused_clearly_and_records_nothing(

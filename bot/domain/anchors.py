@@ -15,13 +15,17 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+K = TypeVar("K", Ed25519PrivateKey, Ed25519PublicKey)
 
 PREFIX = "breakglass-anchor v1"
 _LINE = re.compile(
@@ -109,40 +113,52 @@ def _material(value: str) -> bytes:
 def load_private(value: str) -> Ed25519PrivateKey:
     """AUDIT_SIGNING_KEY: an Ed25519 private key (PKCS#8 PEM, a file holding it, or base64 of
     the 32-byte seed)."""
-    data = _material(value)
-    if data.startswith(b"-----BEGIN"):
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise KeyProblem(f"not a usable PEM private key ({type(exc).__name__})") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyProblem("the PEM key is not an Ed25519 key") from None
-        return key
-    raw = _b64(data)
-    if len(raw) != 32:
-        raise KeyProblem(
-            "an Ed25519 seed is 32 bytes (base64); this is not one, nor an existing file"
-        )
-    return Ed25519PrivateKey.from_private_bytes(raw)
+    return _load(
+        value,
+        lambda data: serialization.load_pem_private_key(data, password=None),
+        Ed25519PrivateKey,
+        Ed25519PrivateKey.from_private_bytes,
+        "private key",
+        "seed",
+    )
 
 
 def load_public(value: str) -> Ed25519PublicKey:
     """A public key to check anchors with: PEM, a file holding it, or base64 of 32 bytes."""
+    return _load(
+        value,
+        serialization.load_pem_public_key,
+        Ed25519PublicKey,
+        Ed25519PublicKey.from_public_bytes,
+        "public key",
+        "public key",
+    )
+
+
+def _load(
+    value: str,
+    from_pem: Callable[[bytes], object],
+    kind: type[K],
+    from_raw: Callable[[bytes], K],
+    pem_what: str,
+    raw_what: str,
+) -> K:
+    """An Ed25519 key of `kind` from PEM, a file holding it, or base64 of its 32 raw bytes."""
     data = _material(value)
     if data.startswith(b"-----BEGIN"):
         try:
-            key = serialization.load_pem_public_key(data)
+            key = from_pem(data)
         except (ValueError, TypeError) as exc:
-            raise KeyProblem(f"not a usable PEM public key ({type(exc).__name__})") from None
-        if not isinstance(key, Ed25519PublicKey):
+            raise KeyProblem(f"not a usable PEM {pem_what} ({type(exc).__name__})") from None
+        if not isinstance(key, kind):
             raise KeyProblem("the PEM key is not an Ed25519 key") from None
         return key
     raw = _b64(data)
     if len(raw) != 32:
         raise KeyProblem(
-            "an Ed25519 public key is 32 bytes (base64); this is not one, nor an existing file"
+            f"an Ed25519 {raw_what} is 32 bytes (base64); this is not one, nor an existing file"
         )
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return from_raw(raw)
 
 
 def _b64(data: bytes) -> bytes:

@@ -125,6 +125,12 @@ def event_hash_v1(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def head(session: Session) -> tuple[int, str]:
+    """The chain's last sequence number and hash (0 and the genesis hash when empty)."""
+    row = session.get(AuditHead, 1)
+    return (row.seq, row.hash) if row else (0, GENESIS)
+
+
 @dataclass(frozen=True)
 class NewEvent:
     """An event to add to the chain (its place and hashes are given by `append_many`)."""
@@ -349,26 +355,14 @@ def _broken(checked: int, seq: int, reason: str, pruned: int) -> Verification:
     return Verification(False, checked, seq, reason, pruned=pruned)
 
 
-def record(ev: AuditEvent) -> dict[str, Any]:
-    """An event as exported and forwarded: every column, so the receiver can verify it."""
-    return {
-        "seq": ev.seq,
-        "at": ev.at.isoformat(),
-        "actor": ev.actor,
-        "action": ev.action,
-        "request_id": ev.request_id,
-        "details": None if ev.details is None else json.loads(ev.details),
-        "details_hash": ev.details_hash,
-        "v": ev.v,
-        "prev_hash": ev.prev_hash,
-        "hash": ev.hash,
-    }
-
-
 def export(session: Session, request_id: int | None = None) -> Iterator[dict[str, Any]]:
-    """Events as dicts, oldest first, for JSON Lines export."""
-    query = select(AuditEvent).order_by(AuditEvent.seq)  # type: ignore[arg-type]
+    """Events as dicts (spelled by `audit_stream.as_dict`, as the export and the forwarders
+    send them: every column, so the receiver can verify), oldest first."""
+    from bot.store.audit_stream import as_dict
+
+    table = AuditEvent.__table__  # type: ignore[attr-defined]
+    query = sa.select(table).order_by(table.c.seq)
     if request_id is not None:
-        query = query.where(AuditEvent.request_id == request_id)
-    for ev in session.exec(query.execution_options(yield_per=_ROWS)):
-        yield record(ev)
+        query = query.where(table.c.request_id == request_id)
+    for row in session.execute(query, execution_options={"yield_per": _ROWS}):
+        yield as_dict(row)

@@ -21,7 +21,7 @@ from bot.domain.anomalies import reasons
 from bot.domain.periods import Period
 from bot.domain.windows import Window
 from bot.domain.workflow import Event
-from bot.store import AccessRequest, AuditHead, Grant, OutboxEntry, Review, audit, outbox
+from bot.store import AccessRequest, Grant, OutboxEntry, Review, audit, outbox
 from bot.usecases.core import SYSTEM, Core
 from bot.usecases.stats import REACHED_ACTIVE, Report, Stats
 
@@ -164,7 +164,7 @@ def build_digest(stats: Stats, end: datetime, tz: str = "UTC", days: int = DAYS)
             )
         ]
         verified = audit.verify(s)
-        head = s.get(AuditHead, 1)
+        head_seq, head_hash = audit.head(s)
         grants = s.exec(
             select(Grant.issued_at, AccessRequest.resource, AccessRequest.outside_window)
             .join(AccessRequest, AccessRequest.id == Grant.request_id)  # type: ignore[arg-type]
@@ -195,8 +195,8 @@ def build_digest(stats: Stats, end: datetime, tz: str = "UTC", days: int = DAYS)
         chain_ok=verified.ok,
         chain_checked=verified.checked,
         chain_problem="" if verified.ok else str(verified),
-        head_seq=head.seq if head else 0,
-        head_hash=head.hash if head else "",
+        head_seq=head_seq,
+        head_hash=head_hash,
         days=day_list,
         events_by_resource=by_resource,
         outside_by_day=outside,

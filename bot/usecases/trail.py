@@ -24,7 +24,7 @@ from bot.domain.anchors import Anchor, anchor_of, public_text
 from bot.domain.notices import Notice, NoticeKind
 from bot.domain.windows import Window
 from bot.domain.workflow import TERMINAL, Event
-from bot.store import AccessRequest, AuditEvent, AuditHead, Decision, Grant, Review, audit
+from bot.store import AccessRequest, AuditEvent, Decision, Grant, Review, audit
 from bot.usecases.core import SYSTEM, Core
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,7 @@ class AuditTrail:
     def head(self) -> Anchor:
         """The chain's head now, signed when a key is set (what `audit anchor` prints)."""
         with self.core.store.read() as s:
-            head = s.get(AuditHead, 1)
-            seq, hash_ = (head.seq, head.hash) if head else (0, audit.GENESIS)
+            seq, hash_ = audit.head(s)
         return anchor_of(seq, hash_, self.core.clock()).signed(self.signer)
 
     # ---- the daily round ---------------------------------------------------------------
@@ -110,7 +109,7 @@ class AuditTrail:
                 log.info("the audit anchor for %s is done already (another replica)", moment)
                 return None
             if result is not None and not result.ok:
-                core.record(
+                alerted = core.record(
                     s,
                     None,
                     Event.CHAIN_BROKEN,
@@ -127,8 +126,7 @@ class AuditTrail:
                         {"seq": result.broken_seq, "reason": str(result)},
                     ),
                 )
-                head = s.get(AuditHead, 1)
-                seq, hash_ = head.seq, head.hash  # the alert's event is the head now
+                seq, hash_ = alerted.seq, alerted.hash  # the alert's event is the head now
             else:
                 seq, hash_ = event.seq, event.hash
             anchor = anchor_of(seq, hash_, event.at).signed(self.signer)
